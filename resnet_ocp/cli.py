@@ -1,0 +1,101 @@
+"""Command line: ``train.py`` / ``resnet-ocp``. Options are generated from ``Config``'s fields.
+
+``main`` returns the run's result (a dict) so tests can call it in-process; bad input ends
+with one ``error:`` line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+
+from resnet_ocp.checkpoint import read_json
+from resnet_ocp.config import RESUME_FREE_FIELDS, Config, ConfigError
+from resnet_ocp.data import DataError
+from resnet_ocp.lr_finder import LRFinderError
+
+
+class RunError(RuntimeError):
+    """A run cannot start or go on; the message is one line saying what to do."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one ``--flag`` per Config field; defaults are suppressed so the
+    caller knows which options were given explicitly (needed to check a resume)."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Train the CIFAR-10 ResNet with One-Cycle through Accelerate. Defaults are the reference recipe.",
+        argument_default=argparse.SUPPRESS,
+    )
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        kind, optional = _base_type(hints[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, metavar=f.name.upper(), help=help_text)
+    return parser
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def resolve_config(given: dict) -> Config:
+    """The config of this invocation: the given options over the defaults, or for ``--resume``
+    the saved config of that run (options other than resume-free ones must not contradict it).
+
+    Args:
+        given: options given explicitly on the command line, by field name.
+    """
+    if "resume" not in given:
+        return Config(**given)
+    run_dir = Path(given["resume"])
+    saved_file = run_dir / "config.json"
+    if not saved_file.exists():
+        raise RunError(f"--resume {run_dir}: no config.json there; give a run directory written by train.py")
+    saved = Config.from_dict(read_json(saved_file))
+    for name, value in given.items():
+        if name not in RESUME_FREE_FIELDS and name != "output_dir" and getattr(saved, name) != value:
+            raise RunError(
+                f"--{name.replace('_', '-')} {value} differs from the resumed run's {getattr(saved, name)}; "
+                "a resumed run keeps its saved config: drop the option or start a new run"
+            )
+    return saved.replace(
+        resume=str(run_dir), output_dir=str(run_dir),
+        stop_after_epoch=given.get("stop_after_epoch"), progress=given.get("progress", saved.progress),
+    )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse ``argv``, train, and return the run's result.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        dict with ``run_dir``, ``config``, ``history`` and, when the schedule finished,
+        ``final_accuracy``.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = resolve_config(vars(args))
+        from resnet_ocp.trainer import run
+
+        return run(cfg)
+    except (ConfigError, DataError, RunError, LRFinderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

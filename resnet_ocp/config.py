@@ -1,0 +1,136 @@
+"""The run configuration: one frozen dataclass whose defaults are the mission recipe.
+
+Every field is a command-line option (see ``cli.build_parser``); derived values are
+properties so they can never disagree with the fields they come from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# Fields that may differ between an interrupted run and its resumption.
+RESUME_FREE_FIELDS = ("resume", "stop_after_epoch", "progress")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message is one line saying how to fix it."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """All settings of one training run, in the recipe's own units.
+
+    Defaults reproduce the reference recipe: batch 512, Adam, One-Cycle over 24 epochs
+    peaking at epoch 5, linear annealing, no annihilation phase, RandomCrop(32, pad 4)
+    + horizontal flip + Cutout 8x8.
+    """
+
+    data: str = field(default="uoft-cs/cifar10", metadata={"help": "Hub dataset id, parquet directory or save_to_disk directory"})
+    output_dir: str | None = field(default=None, metadata={"help": "run directory (default runs/<timestamp>)"})
+    resume: str | None = field(default=None, metadata={"help": "continue the interrupted run in this run directory"})
+    epochs: int = field(default=24, metadata={"help": "length of the One-Cycle schedule in epochs"})
+    peak_epoch: float = field(default=5.0, metadata={"help": "epoch at whose end the LR peaks"})
+    stop_after_epoch: int | None = field(default=None, metadata={"help": "stop (resumably) after this epoch; the schedule still spans --epochs"})
+    batch_size: int = field(default=512, metadata={"help": "global batch size per optimizer step, over all processes"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
+    max_lr: float | None = field(default=None, metadata={"help": "peak LR; if omitted, an LR range test picks it"})
+    div_factor: float = field(default=100.0, metadata={"help": "initial LR = max_lr / div_factor"})
+    final_div_factor: float = field(default=100.0, metadata={"help": "final LR = initial LR / final_div_factor"})
+    cycle_beta1: bool = field(default=True, metadata={"help": "cycle Adam's beta1 inversely to the LR"})
+    beta1_max: float = field(default=0.95, metadata={"help": "beta1 at the start and end of the cycle"})
+    beta1_min: float = field(default=0.85, metadata={"help": "beta1 at the LR peak"})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    crop_padding: int = field(default=4, metadata={"help": "zero padding before the random 32x32 crop"})
+    flip: bool = field(default=True, metadata={"help": "random horizontal flip"})
+    cutout: int = field(default=8, metadata={"help": "side of the Cutout square (0 disables it)"})
+    width: int = field(default=64, metadata={"help": "channels of the prep layer (64 = the 6,573,130-parameter network)"})
+    channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (faster convolutions)"})
+    eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})
+    train_samples: int | None = field(default=None, metadata={"help": "class-balanced training subset of this size"})
+    test_samples: int | None = field(default=None, metadata={"help": "class-balanced test subset of this size"})
+    lr_find_iters: int = field(default=100, metadata={"help": "steps of the LR range test"})
+    lr_find_start: float = field(default=1e-5, metadata={"help": "first LR of the range test"})
+    lr_find_end: float = field(default=1.0, metadata={"help": "last LR of the range test"})
+    lr_find_rule: str = field(default="steepest", metadata={"help": "suggestion rule: steepest, valley or min10"})
+    lr_find_only: bool = field(default=False, metadata={"help": "run the LR range test, write its files and stop"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many per-epoch checkpoints to keep"})
+    cache_dir: str | None = field(default=None, metadata={"help": "decoded-image cache (default ~/.cache/resnet_ocp)"})
+    log_every: int = field(default=10, metadata={"help": "refresh the progress bar every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
+
+    def __post_init__(self) -> None:
+        positive = ["epochs", "batch_size", "grad_accum", "width", "eval_batch_size", "lr_find_iters", "log_every", "keep_checkpoints"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.peak_epoch < self.epochs:
+            raise ConfigError(f"--peak-epoch must lie strictly between 0 and --epochs ({self.epochs}), got {self.peak_epoch}")
+        if self.max_lr is not None and not (math.isfinite(self.max_lr) and self.max_lr > 0):
+            raise ConfigError(f"--max-lr must be a positive number, got {self.max_lr}")
+        if self.div_factor <= 0 or self.final_div_factor <= 0:
+            raise ConfigError("--div-factor and --final-div-factor must be positive")
+        if not 0 <= self.beta1_min <= self.beta1_max < 1:
+            raise ConfigError(f"need 0 <= --beta1-min <= --beta1-max < 1, got {self.beta1_min} and {self.beta1_max}")
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
+        if self.stop_after_epoch is not None and not 1 <= self.stop_after_epoch <= self.epochs:
+            raise ConfigError(f"--stop-after-epoch must be between 1 and --epochs ({self.epochs}), got {self.stop_after_epoch}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0 or self.crop_padding < 0 or self.cutout < 0:
+            raise ConfigError("--weight-decay, --crop-padding and --cutout must be >= 0")
+        if self.cutout > 32:
+            raise ConfigError(f"--cutout must be at most 32 (the image side), got {self.cutout}")
+        for name in ("train_samples", "test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 10:
+                raise ConfigError(f"--{_flag(name)} must be at least 10 (one per class), got {value}")
+        if not 0 < self.lr_find_start < self.lr_find_end:
+            raise ConfigError("need 0 < --lr-find-start < --lr-find-end")
+        if self.lr_find_rule not in ("steepest", "valley", "min10"):
+            raise ConfigError(f"--lr-find-rule must be steepest, valley or min10, got {self.lr_find_rule!r}")
+
+    @property
+    def pct_start(self) -> float:
+        """Fraction of the schedule spent warming up (OneCycleLR's ``pct_start``)."""
+        return self.peak_epoch / self.epochs
+
+    @property
+    def last_epoch(self) -> int:
+        """The epoch after which this invocation stops."""
+        return self.stop_after_epoch or self.epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (JSON-serialisable)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The fields as indented JSON, for ``config.json`` and the start-of-run print."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Config:
+        """Build a config from a dict, rejecting unknown keys with one clear line.
+
+        Args:
+            values: field names to values, e.g. a loaded ``config.json``.
+        """
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown config keys {unknown}; known keys are the fields of resnet_ocp.config.Config")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")

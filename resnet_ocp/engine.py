@@ -1,0 +1,182 @@
+"""One training epoch and one evaluation pass: plain functions returning dicts of metrics.
+
+The hot loop never synchronises host and device except to refresh the progress bar every
+``log_every`` steps: losses and correct counts accumulate on the device and are read once
+per epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from resnet_ocp.augment import AugmentParams, augment_batch, normalize
+from resnet_ocp.schedule import samples_after
+
+METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
+
+
+@dataclass(frozen=True)
+class DeviceSplit:
+    """A split resident on the training device: uint8 images, int64 labels, and the normalisation."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def load_accuracy_metric():
+    """The ``evaluate`` accuracy metric, loaded from the module shipped in this package (works offline)."""
+    import evaluate
+
+    return evaluate.load(str(METRIC_DIR))
+
+
+def _inputs(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train_one_epoch(
+    accelerator,
+    model: torch.nn.Module,
+    optimizer,
+    scheduler,
+    loader,
+    data: DeviceSplit,
+    params: AugmentParams,
+    *,
+    epoch: int,
+    step_offset: int,
+    batch_size: int,
+    padding: int,
+    cutout_size: int,
+    label_smoothing: float = 0.0,
+    channels_last: bool = True,
+    log_every: int = 10,
+    progress: bool = True,
+) -> dict:
+    """Train for one epoch, stepping the One-Cycle schedule once per optimizer step.
+
+    Args:
+        accelerator: the run's Accelerator (its gradient accumulation setting applies).
+        model, optimizer, scheduler, loader: the prepared objects; the loader yields sample indices.
+        data: the training split on the device.
+        params: this epoch's augmentation draws for every training sample (on the device).
+        epoch: 1-based epoch number.
+        step_offset: optimizer steps taken before this epoch.
+        batch_size: global batch per optimizer step (for the ``samples`` column).
+        padding, cutout_size: augmentation settings.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last: feed channels_last inputs.
+        log_every: refresh the progress bar every this many optimizer steps.
+        progress: show a tqdm bar (main process only).
+
+    Returns:
+        ``loss``, ``accuracy`` (fraction), ``rows`` (one dict per optimizer step for
+        steps.csv), ``lr`` (last LR applied), ``seconds``, ``images_per_second``.
+    """
+    model.train()
+    n_train = len(data.labels)
+    loader.set_epoch(epoch)
+    start = time.perf_counter()
+    device = accelerator.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = torch.zeros((), device=device, dtype=torch.long)
+    micro_losses: list[torch.Tensor] = []
+    step_losses: list[torch.Tensor] = []
+    applied: list[tuple[float, float]] = []
+    bar = tqdm(total=len(loader), disable=not (progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
+    for idx in loader:
+        with accelerator.accumulate(model):
+            x = augment_batch(data.images[idx], params[idx], data.mean, data.std, padding, cutout_size)
+            y = data.labels[idx]
+            logits = model(_inputs(x, channels_last))
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                group = optimizer.param_groups[0]
+                applied.append((group["lr"], group["betas"][0]))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        detached = loss.detach()
+        micro_losses.append(detached)
+        loss_sum += detached * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if accelerator.sync_gradients:
+            # One scheduler step per optimizer step, whatever the process count (see schedule.py).
+            scheduler.step()
+            step_losses.append(torch.stack(micro_losses).mean())
+            micro_losses = []
+            if len(step_losses) % log_every == 0 or len(step_losses) * accelerator.gradient_accumulation_steps >= len(loader):
+                bar.set_description(
+                    f"Train: Loss={detached.item():.4f} Batch_id={len(step_losses) - 1} "
+                    f"Accuracy={100 * correct.item() / max(seen.item(), 1):.2f} LR={applied[-1][0]:.6f}"
+                )
+        bar.update(1)
+    bar.close()
+    # One gather per epoch: per-step losses averaged over processes.
+    losses = accelerator.gather(torch.stack(step_losses)[None]).mean(0).tolist()
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum").tolist()
+    seconds = time.perf_counter() - start
+    rows = [
+        {"step": step_offset + k + 1, "epoch": epoch, "samples": samples_after(k + 1, epoch, n_train, batch_size),
+         "lr": lr, "beta1": beta1, "loss": loss_value}
+        for k, ((lr, beta1), loss_value) in enumerate(zip(applied, losses))
+    ]
+    return {
+        "loss": totals[0] / totals[2],
+        "accuracy": totals[1] / totals[2],
+        "rows": rows,
+        "lr": applied[-1][0],
+        "seconds": seconds,
+        "images_per_second": n_train / seconds,
+    }
+
+
+@torch.no_grad()
+def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, metric=None, *, channels_last: bool = True) -> dict:
+    """Evaluate on a split, gathering every sample exactly once across processes.
+
+    Args:
+        accelerator: the run's Accelerator.
+        model: the prepared model.
+        loader: the prepared in-order index loader of the split.
+        data: the split on the device.
+        metric: an ``evaluate`` accuracy metric (default: the shipped one).
+        channels_last: feed channels_last inputs.
+
+    Returns:
+        ``loss`` (mean), ``accuracy`` (fraction, from ``evaluate``), ``correct``, ``total``,
+        and per-sample ``indices``, ``labels``, ``predictions``, ``confidences`` (CPU tensors).
+    """
+    model.eval()
+    metric = metric or load_accuracy_metric()
+    parts: list[tuple[torch.Tensor, ...]] = []
+    for idx in loader:
+        x = normalize(data.images[idx], data.mean, data.std)
+        y = data.labels[idx]
+        logits = model(_inputs(x, channels_last)).float()
+        losses = F.cross_entropy(logits, y, reduction="none")
+        conf, pred = logits.softmax(1).max(1)
+        # gather_for_metrics drops the samples Accelerate repeated to even out the last batch.
+        parts.append(accelerator.gather_for_metrics((idx, y, pred, conf, losses)))
+    indices, labels, preds, confs, losses = (torch.cat(t).cpu() for t in zip(*parts))
+    result = metric.compute(predictions=preds.numpy(), references=labels.numpy())
+    return {
+        "loss": losses.mean().item(),
+        "accuracy": float(result["accuracy"]),
+        "correct": int((preds == labels).sum()),
+        "total": len(labels),
+        "indices": indices,
+        "labels": labels,
+        "predictions": preds,
+        "confidences": confs,
+    }

@@ -1,0 +1,260 @@
+"""LR range test (Smith 2015, "Cyclical Learning Rates", section 3.3) choosing One-Cycle's peak LR.
+
+The test raises the LR every optimizer step from ``start_lr`` to ``end_lr`` (exponentially by
+default) on training batches with the run's augmentation, precision, optimizer and process
+layout, records the debiased exponential moving average of the loss, and stops once that
+exceeds ``diverge_factor`` times its best. It runs before OneCycleLR exists (building
+OneCycleLR overwrites the optimizer's LR and beta1) and leaves the model, optimizer, grad
+scaler and RNG exactly as it found them.
+
+Suggestion rules, on the smoothed curve without its first ``skip_start`` and last
+``skip_end`` points and without non-finite losses:
+- ``steepest``: the LR where the loss falls fastest against log(LR) (torch-lr-finder's rule);
+- ``valley``: fastai's rule: two thirds into the longest falling stretch of the curve;
+- ``min10``: the LR of the lowest loss divided by 10 (the classic rule of thumb).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from resnet_ocp.augment import augment_batch, epoch_params
+
+RULES = ("steepest", "valley", "min10")
+# First epoch number of the range test's shuffling and augmentation draws: far from the
+# training epochs (1..epochs) so the sweep never previews a training epoch's exact draws.
+FINDER_EPOCH = 1_000_000
+
+
+class LRFinderError(RuntimeError):
+    """The range test could not suggest an LR; the message says why and what to do."""
+
+
+@dataclass
+class RangeTestResult:
+    """The sweep: LRs tried, raw and smoothed losses, and the suggestion (None if there is none)."""
+
+    lrs: list[float]
+    losses: list[float]
+    smoothed: list[float]
+    suggested_lr: float | None
+    rule: str
+    message: str
+    settings: dict = field(default_factory=dict)
+    suggestions: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def suggest(lrs: list[float], smoothed: list[float], rule: str, skip_start: int = 10, skip_end: int = 5) -> tuple[float | None, str]:
+    """Apply a suggestion rule to a smoothed range-test curve.
+
+    Args:
+        lrs: LRs of the steps.
+        smoothed: smoothed losses of the steps (may hold inf/nan after divergence).
+        rule: ``steepest``, ``valley`` or ``min10``.
+        skip_start: points ignored at the start (the EMA is still settling there).
+        skip_end: points ignored at the end (the divergence itself).
+
+    Returns:
+        ``(lr, message)``; ``lr`` is None when the curve is too short or never falls.
+    """
+    lr = np.asarray(lrs, dtype=float)
+    loss = np.asarray(smoothed, dtype=float)
+    finite = np.flatnonzero(~np.isfinite(loss))
+    end = finite[0] if len(finite) else len(loss)
+    lr, loss = lr[skip_start:max(end - skip_end, skip_start)], loss[skip_start:max(end - skip_end, skip_start)]
+    if len(loss) < 5:
+        return None, (
+            f"only {len(loss)} usable points (need 5): the sweep diverged too early or was too short; "
+            "lower --lr-find-start or raise --lr-find-iters"
+        )
+    if loss.min() >= loss[0]:
+        return None, "the loss never fell below its starting value; lower --lr-find-start"
+    if rule == "steepest":
+        i = int(np.argmin(np.gradient(loss, np.log(lr))))
+        return float(lr[i]), f"steepest descent of the smoothed loss at step {skip_start + i}"
+    if rule == "min10":
+        i = int(np.argmin(loss))
+        return float(lr[i] / 10), f"minimum smoothed loss at LR {lr[i]:.3g}, divided by 10"
+    if rule == "valley":
+        # fastai's valley: longest run of decreasing loss (O(n^2) dynamic programme), 2/3 into it.
+        n = len(loss)
+        run = [1] * n
+        back = list(range(n))
+        for i in range(1, n):
+            for j in range(i):
+                if loss[i] < loss[j] and run[i] < run[j] + 1:
+                    run[i], back[i] = run[j] + 1, j
+        stop = int(np.argmax(run))
+        start = stop
+        while back[start] != start:
+            start = back[start]
+        i = start + (stop - start) * 2 // 3
+        return float(lr[i]), f"two thirds into the longest falling stretch (steps {skip_start + start}-{skip_start + stop})"
+    raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+
+
+def range_test(
+    accelerator,
+    model: torch.nn.Module,
+    optimizer,
+    loader,
+    data,
+    *,
+    start_lr: float = 1e-5,
+    end_lr: float = 1.0,
+    num_iter: int = 100,
+    mode: str = "exp",
+    beta: float = 0.98,
+    diverge_factor: float = 4.0,
+    rule: str = "steepest",
+    seed: int = 0,
+    progress: bool = False,
+    padding: int = 4,
+    cutout_size: int = 8,
+    label_smoothing: float = 0.0,
+    channels_last: bool = True,
+) -> RangeTestResult:
+    """Sweep the LR over training batches and suggest a peak LR; restore all state afterwards.
+
+    Every optimizer step sees one global batch, as in training (gradient accumulation and the
+    process count included). The loss is averaged across processes before smoothing, so all
+    processes stop at the same step and compute the same suggestion.
+
+    Args:
+        accelerator: the run's Accelerator.
+        model, optimizer, loader: prepared training objects (no scheduler yet).
+        data: the training split on the device (``engine.DeviceSplit``).
+        start_lr, end_lr: the LR range.
+        num_iter: optimizer steps of the sweep (100 of batch 512 is about one CIFAR-10 epoch).
+        mode: ``exp`` (geometric steps) or ``linear``.
+        beta: EMA factor of the loss smoothing.
+        diverge_factor: stop when the smoothed loss exceeds this times the best.
+        rule: suggestion rule (see module docstring).
+        seed: the run's seed (shuffling and augmentation of the sweep).
+        padding, cutout_size, label_smoothing, channels_last: as in training.
+        progress: show a tqdm bar on the main process.
+    """
+    from tqdm.auto import tqdm
+
+    if num_iter < 2:
+        raise LRFinderError("--lr-find-iters must be at least 2")
+    saved = _snapshot(accelerator, model, optimizer)
+    params = epoch_params(len(data.labels), seed, FINDER_EPOCH, padding, cutout_size).to(accelerator.device)
+    lrs, losses, smoothed = [], [], []
+    avg, best = 0.0, math.inf
+    epoch, batches = FINDER_EPOCH, iter(())
+    model.train()
+    bar = tqdm(total=num_iter, desc="LR range test", disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
+    try:
+        for i in range(num_iter):
+            frac = i / (num_iter - 1)
+            lr = start_lr * (end_lr / start_lr) ** frac if mode == "exp" else start_lr + (end_lr - start_lr) * frac
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss = torch.zeros((), device=accelerator.device)
+            for _ in range(accelerator.gradient_accumulation_steps):
+                idx = next(batches, None)
+                if idx is None:
+                    loader.set_epoch(epoch)
+                    epoch += 1
+                    batches = iter(loader)
+                    idx = next(batches)
+                x = augment_batch(data.images[idx], params[idx], data.mean, data.std, padding, cutout_size)
+                x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+                loss = F.cross_entropy(model(x).float(), data.labels[idx], label_smoothing=label_smoothing)
+                accelerator.backward(loss)  # divides by the accumulation steps itself
+                step_loss += loss.detach() / accelerator.gradient_accumulation_steps
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            value = accelerator.reduce(step_loss, reduction="mean").item()
+            lrs.append(lr)
+            losses.append(value)
+            avg = beta * avg + (1 - beta) * value
+            smooth = avg / (1 - beta ** (i + 1))
+            smoothed.append(smooth)
+            bar.update(1)
+            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{smooth:.3f}")
+            if not math.isfinite(smooth) or smooth > diverge_factor * best:
+                break
+            best = min(best, smooth)
+    finally:
+        bar.close()
+        _restore(accelerator, model, optimizer, saved)
+    suggestions = {r: suggest(lrs, smoothed, r)[0] for r in RULES}
+    lr_value, message = suggest(lrs, smoothed, rule)
+    settings = {"start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "beta": beta,
+                "diverge_factor": diverge_factor, "steps_run": len(lrs), "processes": accelerator.num_processes}
+    return RangeTestResult(lrs, losses, smoothed, lr_value, rule, message, settings, suggestions)
+
+
+def _snapshot(accelerator, model, optimizer) -> dict:
+    state = {
+        "model": copy.deepcopy(model.state_dict()),
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
+        "cpu_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "step": accelerator.step,
+    }
+    if accelerator.scaler is not None:
+        state["scaler"] = copy.deepcopy(accelerator.scaler.state_dict())
+    return state
+
+
+def _restore(accelerator, model, optimizer, state: dict) -> None:
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    optimizer.zero_grad(set_to_none=True)
+    torch.set_rng_state(state["cpu_rng"])
+    if state["cuda_rng"] is not None:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if "scaler" in state:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    accelerator.step = state["step"]
+
+
+def run_range_test(accelerator, model, optimizer, loader, data, cfg, run_dir: Path) -> RangeTestResult:
+    """Run the range test with the config's settings, write ``lr_finder.json`` and
+    ``lr_finder.png`` (main process) and print the suggestion; raise if there is none.
+
+    Args:
+        accelerator, model, optimizer, loader, data: as for ``range_test``.
+        cfg: the run configuration (``lr_find_*`` fields and augmentation).
+        run_dir: the run directory.
+    """
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    from resnet_ocp.checkpoint import write_json
+    from resnet_ocp.report import plot_lr_finder
+
+    accelerator.print(f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g} (rule: {cfg.lr_find_rule})")
+    result = range_test(
+        accelerator, model, optimizer, loader, data, start_lr=cfg.lr_find_start, end_lr=cfg.lr_find_end,
+        num_iter=cfg.lr_find_iters, rule=cfg.lr_find_rule, seed=cfg.seed, padding=cfg.crop_padding,
+        cutout_size=cfg.cutout, label_smoothing=cfg.label_smoothing, channels_last=cfg.channels_last,
+        progress=cfg.progress,
+    )
+    # Recorded so a multi-process run shows that every process reached the same suggestion.
+    result.settings["process_suggestions"] = gather_object([result.suggested_lr])
+    # Identical by construction (losses are reduced before smoothing); broadcast anyway so a
+    # float difference in one process can never split the group.
+    shared = [result.suggested_lr]
+    broadcast_object_list(shared)
+    result.suggested_lr = shared[0]
+    if accelerator.is_main_process:
+        write_json(run_dir / "lr_finder.json", result.to_dict())
+        plot_lr_finder(result.to_dict(), run_dir / "lr_finder.png")
+    accelerator.wait_for_everyone()
+    if result.suggested_lr is None:
+        raise LRFinderError(f"LR range test gave no suggestion: {result.message}; or pass --max-lr explicitly")
+    accelerator.print(f"Suggested max LR: {result.suggested_lr:.6g} ({result.message})")
+    return result

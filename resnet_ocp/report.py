@@ -1,0 +1,238 @@
+"""The pictures of a run, written headless (matplotlib Agg) into its run directory.
+
+``python -m resnet_ocp.report RUN_DIR`` regenerates every picture from a finished run's
+files and saved weights without retraining: ``lr_finder.png``, ``schedule.png`` (LR and beta1
+as the optimizer applied them, from steps.csv), ``curves.png``, ``misclassified.png``,
+``confusion_matrix.png`` (with per-class accuracy, also in ``per_class_accuracy.json``) and
+``gradcam.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from resnet_ocp.checkpoint import atomic_path, read_json, read_steps, write_json  # noqa: E402
+from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_lr_finder(result: dict, path: Path) -> None:
+    """Loss against LR (log axis), raw and smoothed, with the suggestion marked.
+
+    Args:
+        result: an ``lr_finder.json`` dict.
+        path: PNG to write.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    lrs, smoothed = np.asarray(result["lrs"]), np.asarray(result["smoothed"])
+    ax.plot(lrs, result["losses"], color="0.75", lw=1, label="loss per step")
+    ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed loss")
+    for name, lr in (result.get("suggestions") or {}).items():
+        if lr is not None and name != result["rule"]:
+            ax.axvline(lr, color="0.5", ls=":", lw=1)
+            ax.text(lr, ax.get_ylim()[1], f" {name}", rotation=90, va="top", fontsize=8, color="0.4")
+    if result["suggested_lr"] is not None:
+        ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested ({result['rule']}): {result['suggested_lr']:.3g}")
+    finite = smoothed[np.isfinite(smoothed)]
+    if len(finite):
+        ax.set_ylim(max(finite.min() - 0.1 * abs(finite.min()), 0), min(finite.max(), 3 * finite[: max(len(finite) // 2, 1)].max()) * 1.05)
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title(f"LR range test: {result['settings'].get('steps_run', len(lrs))} steps")
+    ax.legend(loc="lower left", fontsize=8)
+    _save(fig, Path(path))
+
+
+def plot_schedule(steps: list[dict], peak_epoch: float, path: Path) -> None:
+    """LR and beta1 per optimizer step as applied (steps.csv), with the peak epoch marked."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    step = [r["step"] for r in steps]
+    ax.plot(step, [r["lr"] for r in steps], color="C0", label="learning rate")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("learning rate", color="C0")
+    per_epoch = sum(1 for r in steps if r["epoch"] == steps[0]["epoch"])
+    ax.axvline(peak_epoch * per_epoch, color="0.5", ls="--", lw=1)
+    ax.text(peak_epoch * per_epoch, ax.get_ylim()[1] * 0.98, f" peak: end of epoch {peak_epoch:g}", va="top", fontsize=8)
+    ax2 = ax.twinx()
+    ax2.plot(step, [r["beta1"] for r in steps], color="C1", label="Adam beta1")
+    ax2.set_ylabel("beta1 (momentum)", color="C1")
+    ax.set_title("One-Cycle schedule as applied by the optimizer")
+    _save(fig, Path(path))
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """Train/test loss and accuracy per epoch."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    ep = [h["epoch"] for h in history]
+    a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
+    a.plot(ep, [h["test_loss"] for h in history], "o-", label="test")
+    a.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    b.plot(ep, [100 * h["train_accuracy"] for h in history], "o-", label="train (augmented)")
+    b.plot(ep, [100 * h["test_accuracy"] for h in history], "o-", label="test")
+    b.set(xlabel="epoch", ylabel="accuracy (%)", title=f"Accuracy (final test {100 * history[-1]['test_accuracy']:.2f}%)")
+    for ax in (a, b):
+        ax.legend()
+        ax.grid(alpha=0.3)
+    _save(fig, Path(path))
+
+
+def _denormalise(images_u8: torch.Tensor) -> np.ndarray:
+    return images_u8.permute(0, 2, 3, 1).numpy()
+
+
+def plot_misclassified(images: torch.Tensor, labels, preds, confs, indices, classes: list[str], path: Path, heat=None, title="") -> None:
+    """A grid of test images, each titled with true class, predicted class and confidence;
+    with ``heat`` (Grad-CAM maps, [N, H, W] in [0, 1]) overlaid when given."""
+    n = len(indices)
+    cols = min(5, n)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
+    pics = _denormalise(images)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        ax.imshow(pics[k], interpolation="nearest")
+        if heat is not None:
+            ax.imshow(heat[k], cmap="jet", alpha=0.45, extent=(-0.5, 31.5, 31.5, -0.5), interpolation="bilinear")
+        ax.set_title(f"#{indices[k]} true: {classes[labels[k]]}\npred: {classes[preds[k]]} ({100 * confs[k]:.0f}%)", fontsize=8)
+    fig.suptitle(title)
+    _save(fig, Path(path))
+
+
+def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts ``m[true, predicted]``."""
+    m = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(m, (labels, preds), 1)
+    return m
+
+
+def plot_confusion(m: np.ndarray, classes: list[str], path: Path) -> None:
+    """Confusion matrix with counts, and per-class accuracy in the row labels."""
+    fig, ax = plt.subplots(figsize=(8.5, 7.5))
+    ax.imshow(m, cmap="Blues")
+    acc = m.diagonal() / np.maximum(m.sum(1), 1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), [f"{c} ({100 * a:.1f}%)" for c, a in zip(classes, acc)])
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7, color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set(xlabel="predicted class", ylabel="true class (per-class accuracy)", title="Confusion matrix on the test set")
+    _save(fig, Path(path))
+
+
+def grad_cam(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM maps (Selvaraju et al. 2017) of ``target`` classes at the last conv block
+    (``model.layer3``, 4x4), upsampled to the input size and scaled to [0, 1] per image.
+
+    Args:
+        model: a CustomResNet (eval mode is set here).
+        x: normalised inputs [N, 3, H, W].
+        target: the class to explain for each input (e.g. the wrong prediction).
+    """
+    store = {}
+    hook = model.layer3.register_forward_hook(lambda _m, _i, out: store.update(act=out))
+    model.eval()
+    try:
+        with torch.enable_grad():
+            logits = model(x)
+            act = store["act"]
+            grads = torch.autograd.grad(logits.gather(1, target[:, None]).sum(), act)[0]
+    finally:
+        hook.remove()
+    cam = torch.relu((grads.mean((2, 3), keepdim=True) * act).sum(1, keepdim=True))
+    cam = torch.nn.functional.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    peak = cam.flatten(1).max(1).values.clamp_min(1e-12)
+    return (cam / peak[:, None, None]).detach()
+
+
+def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Path]:
+    """Write every picture of a finished run from its files and ``model.safetensors``.
+
+    Args:
+        run_dir: the run directory.
+        data: a loaded ``data.Cifar`` (default: loaded from the run's config).
+        max_images: how many misclassified images to show.
+
+    Returns:
+        The PNG paths written.
+    """
+    from safetensors.torch import load_file
+
+    from resnet_ocp.config import Config
+    from resnet_ocp.data import load_cifar
+    from resnet_ocp.engine import load_accuracy_metric  # noqa: F401  (keeps the metric importable offline)
+    from resnet_ocp.model import CustomResNet
+
+    run_dir = Path(run_dir)
+    cfg = Config.from_dict(read_json(run_dir / "config.json"))
+    written = []
+    if (run_dir / "lr_finder.json").exists():
+        plot_lr_finder(read_json(run_dir / "lr_finder.json"), run_dir / "lr_finder.png")
+        written.append(run_dir / "lr_finder.png")
+    plot_schedule(read_steps(run_dir / "steps.csv"), cfg.peak_epoch, run_dir / "schedule.png")
+    plot_curves(read_json(run_dir / "history.json"), run_dir / "curves.png")
+    written += [run_dir / "schedule.png", run_dir / "curves.png"]
+    data = data or load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
+    model = CustomResNet(num_classes=len(data.classes), width=cfg.width)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
+    from resnet_ocp.augment import normalize
+
+    with torch.no_grad():
+        probs = torch.cat([model(normalize(b, mean, std)).softmax(1) for b in data.test.images.split(1000)])
+    conf, pred = probs.max(1)
+    labels = data.test.labels
+    m = confusion(labels.numpy(), pred.numpy(), len(data.classes))
+    plot_confusion(m, data.classes, run_dir / "confusion_matrix.png")
+    per_class = {c: float(m[i, i] / max(m[i].sum(), 1)) for i, c in enumerate(data.classes)}
+    write_json(run_dir / "per_class_accuracy.json", per_class)
+    wrong = torch.nonzero(pred != labels).flatten()
+    # The most confident mistakes are the instructive ones.
+    wrong = wrong[conf[wrong].argsort(descending=True)][:max_images]
+    args = (data.test.images[wrong], labels[wrong].tolist(), pred[wrong].tolist(), conf[wrong].tolist(), wrong.tolist(), data.classes)
+    n_wrong = int((pred != labels).sum())
+    plot_misclassified(*args, run_dir / "misclassified.png", title=f"Misclassified test images ({n_wrong} of {len(labels)} wrong)")
+    heat = grad_cam(model, normalize(data.test.images[wrong], mean, std), pred[wrong]).numpy() if len(wrong) else None
+    plot_misclassified(*args, run_dir / "gradcam.png", heat=heat, title="Grad-CAM: where the network looked for its wrong answer")
+    write_json(run_dir / "misclassified.json", {"indices": wrong.tolist()})
+    written += [run_dir / n for n in ("confusion_matrix.png", "misclassified.png", "gradcam.png")]
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """``python -m resnet_ocp.report RUN_DIR``: regenerate the pictures of a finished run."""
+    parser = argparse.ArgumentParser(prog="python -m resnet_ocp.report", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
+    parser.add_argument("--max-images", type=int, default=20, help="misclassified images to show (default 20)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    missing = [f for f in ("config.json", "history.json", "steps.csv", "model.safetensors") if not (run_dir / f).exists()]
+    if missing:
+        print(f"error: {run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py", file=sys.stderr)
+        raise SystemExit(2)
+    written = make_report(run_dir, max_images=args.max_images)
+    for p in written:
+        print(p)
+    return written
+
+
+if __name__ == "__main__":
+    main()

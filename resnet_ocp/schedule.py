@@ -1,0 +1,80 @@
+"""Adam and the One-Cycle schedule, sized from samples so every process count agrees.
+
+The schedule is sized as ``epochs * ceil(n_train / batch_size)`` optimizer steps, from the
+dataset and the *global* batch, never from a prepared loader's length. It is stepped exactly
+once per optimizer step (``step_scheduler_with_optimizer=False`` in the Accelerator):
+Accelerate's default steps it once per process per call, which is right for schedules sized
+from the unsharded loader but, combined with a loader-sized OneCycleLR on N processes, ends
+the cycle after 1/N of training and then freezes the LR without an error.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from resnet_ocp.config import Config
+
+
+def steps_per_epoch(n_train: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch over ``n_train`` samples with global batch ``batch_size`` (last batch kept)."""
+    return math.ceil(n_train / batch_size)
+
+
+def samples_after(step_in_epoch: int, epoch: int, n_train: int, batch_size: int) -> int:
+    """Samples seen after ``step_in_epoch`` (1-based) steps of ``epoch`` (1-based)."""
+    return (epoch - 1) * n_train + min(step_in_epoch * batch_size, n_train)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Adam:
+    """Adam with beta1 at the top of its cycle.
+
+    Args:
+        model: the network.
+        cfg: run configuration (weight decay, beta1 range).
+        lr: initial LR (the One-Cycle scheduler overwrites it when built).
+    """
+    return torch.optim.Adam(
+        model.parameters(), lr=lr or cfg.lr_find_start, betas=(cfg.beta1_max, 0.999), weight_decay=cfg.weight_decay
+    )
+
+
+def build_one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, n_train: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """Two-phase linear One-Cycle peaking at the end of ``cfg.peak_epoch``.
+
+    Build it after any LR range test: construction overwrites the optimizer's LR and beta1.
+
+    Args:
+        optimizer: the (unwrapped or prepared) Adam.
+        cfg: run configuration.
+        max_lr: the peak LR.
+        n_train: training samples per epoch.
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=max_lr,
+        total_steps=cfg.epochs * steps_per_epoch(n_train, cfg.batch_size),
+        pct_start=cfg.pct_start,
+        anneal_strategy="linear",
+        three_phase=False,
+        div_factor=cfg.div_factor,
+        final_div_factor=cfg.final_div_factor,
+        cycle_momentum=cfg.cycle_beta1,
+        base_momentum=cfg.beta1_min,
+        max_momentum=cfg.beta1_max,
+    )
+
+
+def schedule_trace(cfg: Config, max_lr: float, n_train: int) -> list[tuple[float, float]]:
+    """The (lr, beta1) that each optimizer step of a whole run applies, computed on a dummy
+    parameter: the reference that recorded ``steps.csv`` columns are tested against."""
+    opt = build_optimizer(torch.nn.Linear(1, 1), cfg)
+    sched = build_one_cycle(opt, cfg, max_lr, n_train)
+    trace = []
+    for _ in range(sched.total_steps):
+        group = opt.param_groups[0]
+        trace.append((group["lr"], group["betas"][0]))
+        opt.step()
+        sched.step()
+    return trace

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny CIFAR-shaped parquet sets in the real schema, and a finished tiny run.
+
+The tiny set is learnable in a few steps (each class has its own colour, with noise), so
+tests can assert learning well above chance in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Offline like the machines this project runs on; datasets' own cache goes to a temp dir.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="hf-datasets-"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "cifar10"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PALETTE = np.array([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [128, 128, 128], [20, 20, 20]])
+
+
+def make_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """uint8 [N, 32, 32, 3]: the class colour plus uniform noise of +-40."""
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-40, 41, size=(len(labels), 32, 32, 3))
+    return np.clip(PALETTE[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+
+
+def write_parquet_set(root: Path, n_train: int = 200, n_test: int = 100, columns=("img", "label"), seed: int = 0) -> Path:
+    """Write ``root/plain_text/{train,test}-00000-of-00001.parquet`` in uoft-cs/cifar10's schema.
+
+    Labels cycle 0..9 so every class is present; ``columns`` renames the two columns to build
+    a wrong schema on purpose.
+    """
+    import datasets
+    from PIL import Image
+
+    (root / "plain_text").mkdir(parents=True, exist_ok=True)
+    features = datasets.Features({columns[0]: datasets.Image(), columns[1]: datasets.ClassLabel(names=CLASSES)})
+    for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
+        labels = np.arange(n) % 10
+        images = make_images(labels, s)
+        ds = datasets.Dataset.from_dict(
+            {columns[0]: [Image.fromarray(a) for a in images], columns[1]: labels.tolist()}, features=features
+        )
+        ds.to_parquet(str(root / "plain_text" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A learnable 200/100-image parquet set in the real schema."""
+    return write_parquet_set(tmp_path_factory.mktemp("tiny") / "cifar10")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Accelerate keeps process-wide singletons; each in-process run starts from scratch."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+def tiny_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
+    """CLI arguments of a fast run on the tiny set: narrow network, small batches, 2 epochs."""
+    return [
+        "--data", str(data), "--cache-dir", str(cache), "--output-dir", str(out), "--width", "8",
+        "--batch-size", "20", "--eval-batch-size", "32", "--epochs", "2", "--peak-epoch", "1",
+        "--max-lr", "0.02", "--no-progress", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_data, cache_dir, tmp_path_factory) -> dict:
+    """One finished 1-process tiny run (with the LR range test), shared by read-only tests."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from resnet_ocp.cli import main
+
+    out = tmp_path_factory.mktemp("runs") / "finished"
+    args = tiny_args(tiny_data, cache_dir, out)
+    args = [a for a in args if a not in ("--max-lr", "0.02")] + ["--lr-find-iters", "30", "--lr-find-end", "0.5"]
+    result = main(args)
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    return result

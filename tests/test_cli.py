@@ -1,0 +1,58 @@
+"""The command line: options generated from Config, one-line errors, and the run-directory guards."""
+
+import dataclasses
+
+import pytest
+
+from conftest import tiny_args
+from resnet_ocp.cli import build_parser, main
+from resnet_ocp.config import Config, ConfigError
+
+
+def test_every_config_field_is_an_option():
+    """Each dataclass field has a --flag; defaults are the mission recipe."""
+    help_text = build_parser().format_help()
+    for f in dataclasses.fields(Config):
+        assert "--" + f.name.replace("_", "-") in help_text
+    cfg = Config()
+    assert (cfg.epochs, cfg.peak_epoch, cfg.batch_size, cfg.cutout, cfg.crop_padding) == (24, 5, 512, 8, 4)
+    assert cfg.pct_start == pytest.approx(5 / 24)
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--peak-epoch", "30"], "--peak-epoch must lie strictly between 0 and --epochs (24)"),
+    (["--batch-size", "500", "--grad-accum", "3"], "must be divisible by --grad-accum"),
+    (["--max-lr", "-1"], "--max-lr must be a positive number"),
+    (["--train-samples", "5"], "must be at least 10"),
+    (["--lr-find-rule", "magic"], "--lr-find-rule must be steepest, valley or min10"),
+])
+def test_bad_values_end_with_one_error_line(argv, fragment, capsys):
+    """Invalid options exit with status 2 and a single line naming the option and the fix."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and fragment in err and "\n" not in err
+
+
+def test_config_rejects_unknown_keys():
+    """A config.json with a stray key is refused with a clear message."""
+    with pytest.raises(ConfigError, match="unknown config keys"):
+        Config.from_dict({"epochs": 3, "epoch": 4})
+
+
+def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_run, tiny_data, cache_dir, capsys):
+    """Starting a new run in a finished run's directory, resuming a finished run, or resuming
+    with a contradicting option all stop with one line and leave the files untouched."""
+    run_dir = finished_run["run_dir"]
+    before = (dataclasses.replace, open(f"{run_dir}/history.json").read())
+    for argv, fragment in [
+        (tiny_args(tiny_data, cache_dir, run_dir), "already holds a run; continue it with --resume"),
+        (["--resume", run_dir], "has finished"),
+        (["--resume", run_dir, "--epochs", "7"], "differs from the resumed run's"),
+        (["--resume", "/no/such/run"], "no config.json there"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert fragment in capsys.readouterr().err
+    assert open(f"{run_dir}/history.json").read() == before[1]

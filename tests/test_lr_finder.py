@@ -1,0 +1,143 @@
+"""LR range test: a usable suggestion, state restored bit for bit, failures handled, processes agree."""
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_args
+from resnet_ocp.cli import main
+from resnet_ocp.lr_finder import LRFinderError, range_test, suggest
+
+
+def test_suggestion_lies_on_the_falling_part_of_the_curve(finished_run):
+    """On the tiny learnable task the suggested LR sits where the smoothed loss is falling,
+    below the LR of the lowest loss, and the run used it as its peak LR."""
+    run = Path(finished_run["run_dir"])
+    result = json.loads((run / "lr_finder.json").read_text())
+    assert {"lrs", "losses", "suggested_lr", "rule", "settings"} <= set(result)
+    lrs, smooth = result["lrs"], result["smoothed"]
+    i = lrs.index(result["suggested_lr"])
+    best = min(range(len(smooth)), key=lambda k: smooth[k] if math.isfinite(smooth[k]) else math.inf)
+    assert 10 <= i < best
+    assert smooth[i + 1] < smooth[i - 1] < smooth[0]
+    assert finished_run["max_lr"] == result["suggested_lr"]
+    assert json.loads((run / "config.json").read_text())["max_lr"] == result["suggested_lr"]
+
+
+def test_rules_on_a_synthetic_curve():
+    """steepest finds the steepest drop, min10 a tenth of the minimum's LR, valley a point
+    inside the longest falling stretch; every rule lands below the minimum."""
+    lrs = [10 ** (-5 + 5 * k / 99) for k in range(100)]
+    logs = [math.log10(x) for x in lrs]
+    loss = [2.3 - 1.5 / (1 + math.exp(-4 * (u + 2.5))) + (0.5 * (u + 0.8) ** 2 if u > -0.8 else 0) for u in logs]
+    steep, _ = suggest(lrs, loss, "steepest")
+    assert math.log10(steep) == pytest.approx(-2.5, abs=0.1)
+    low = lrs[min(range(len(loss)), key=loss.__getitem__)]
+    assert suggest(lrs, loss, "min10")[0] == pytest.approx(low / 10)
+    valley, _ = suggest(lrs, loss, "valley")
+    assert lrs[10] < valley < low
+
+
+@pytest.mark.parametrize("losses, fragment", [
+    ([float("nan")] * 30, "usable points"),
+    ([2.3, 2.4, 5.0, 50.0, float("inf")] + [float("nan")] * 20, "usable points"),
+    ([2.0 + 0.01 * k for k in range(40)], "never fell"),
+    ([2.0] * 8, "usable points"),
+])
+def test_no_suggestion_from_bad_curves(losses, fragment):
+    """NaN from the first step, immediate divergence, a loss that only rises, or a sweep too
+    short give no LR and a message saying why."""
+    lrs = [10 ** (-5 + k / 10) for k in range(len(losses))]
+    lr, message = suggest(lrs, losses, "steepest")
+    assert lr is None and fragment in message
+
+
+def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_dir):
+    """After a sweep, weights, BN buffers, Adam's state and the RNG are bit-identical."""
+    from accelerate import Accelerator
+
+    from resnet_ocp.config import Config
+    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
+    from resnet_ocp.engine import DeviceSplit
+    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.schedule import build_optimizer
+
+    acc = Accelerator(cpu=True)
+    data = load_cifar(str(tiny_data), str(cache_dir))
+    split = DeviceSplit(data.train.images, data.train.labels, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))
+    model = CustomResNet(width=8)
+    opt = build_optimizer(model, Config(), lr=1e-3)
+    loader, _ = make_loaders(200, 100, 20, 50, seed=0)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    for idx in list(loader)[:2]:  # give Adam some state to preserve
+        x = (split.images[idx].float() / 255).contiguous(memory_format=torch.channels_last)
+        acc.backward(torch.nn.functional.cross_entropy(model(x), split.labels[idx]))
+        opt.step()
+        opt.zero_grad()
+    before = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), torch.get_rng_state())
+    result = range_test(acc, model, opt, loader, split, num_iter=15, start_lr=1e-4, end_lr=1.0)
+    assert len(result.lrs) >= 5
+    after = (model.state_dict(), opt.state_dict(), torch.get_rng_state())
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+    assert before[1]["param_groups"] == after[1]["param_groups"]
+    for k, state in before[1]["state"].items():
+        assert all(torch.equal(v, after[1]["state"][k][name]) for name, v in state.items())
+    assert torch.equal(before[2], after[2])
+
+
+def test_diverging_sweep_stops_with_a_clear_error_and_keeps_its_record(tiny_data, cache_dir, tmp_path, capsys):
+    """A sweep that explodes at once ends with one error line asking for --max-lr, writes
+    lr_finder.json with suggested_lr null, and never trains with a bad LR."""
+    out = tmp_path / "div"
+    argv = [a for a in tiny_args(tiny_data, cache_dir, out) if a not in ("--max-lr", "0.02")]
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--lr-find-start", "1000", "--lr-find-end", "1e9", "--lr-find-iters", "30"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: LR range test gave no suggestion") and "--max-lr" in err
+    record = json.loads((out / "lr_finder.json").read_text())
+    assert record["suggested_lr"] is None and record["settings"]["steps_run"] < 30
+    assert not (out / "history.json").exists()
+
+
+def test_lr_find_only_writes_its_files_and_prints_the_value(tiny_data, cache_dir, tmp_path, capsys):
+    """--lr-find-only writes lr_finder.json/.png, prints 'Suggested max LR: <value>', trains nothing."""
+    out = tmp_path / "find"
+    argv = [a for a in tiny_args(tiny_data, cache_dir, out) if a not in ("--max-lr", "0.02")]
+    result = main(argv + ["--lr-find-only", "--lr-find-iters", "30", "--lr-find-end", "0.5"])
+    printed = capsys.readouterr().out
+    assert f"Suggested max LR: {result['max_lr']:.6g}" in printed
+    assert (out / "lr_finder.png").stat().st_size > 10_000 and (out / "lr_finder.json").exists()
+    assert not (out / "history.json").exists() and not (out / "checkpoints").exists()
+
+
+def test_two_processes_agree_on_one_suggestion(tiny_data, cache_dir, tmp_path):
+    """With 2 processes every process computes the same suggested LR (losses are averaged
+    across processes before smoothing)."""
+    from test_training import _launch
+
+    out = tmp_path / "find2"
+    argv = [a for a in tiny_args(tiny_data, cache_dir, out) if a not in ("--max-lr", "0.02")]
+    proc = _launch("cpu_multi.yaml", argv + ["--lr-find-only", "--lr-find-iters", "30", "--lr-find-end", "0.5"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "lr_finder.json").read_text())
+    assert record["settings"]["processes"] == 2
+    assert record["suggested_lr"] is not None
+    assert record["settings"]["process_suggestions"] == [record["suggested_lr"]] * 2
+    assert proc.stdout.count("Suggested max LR:") == 1
+
+
+def test_unknown_rule_is_refused():
+    """suggest() names the valid rules."""
+    with pytest.raises(ValueError, match="steepest"):
+        suggest([1e-3 * k for k in range(1, 40)], [2 - 0.01 * k for k in range(39)], "best")
+
+
+def test_too_few_iterations_is_refused():
+    """A one-step sweep is refused before touching the model."""
+    with pytest.raises(LRFinderError):
+        range_test(None, None, None, None, None, num_iter=1)

@@ -1,0 +1,48 @@
+"""The loader against the facts listed in ../shared/data/cifar10/README.md (skipped where that
+folder is absent, e.g. a clone without the shared data)."""
+
+import pytest
+import torch
+
+from conftest import REAL_DATA
+
+pytestmark = pytest.mark.skipif(not REAL_DATA.exists(), reason="real CIFAR-10 not beside the checkout")
+
+
+@pytest.fixture(scope="module")
+def real():
+    from resnet_ocp.data import load_cifar
+
+    return load_cifar(str(REAL_DATA))
+
+
+def test_real_cifar10_facts(real):
+    """Sizes, class balance, first labels, the frog's first pixel, and the channel means."""
+    assert real.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert len(real.train) == 50_000 and len(real.test) == 10_000
+    assert torch.bincount(real.train.labels).tolist() == [5000] * 10
+    assert torch.bincount(real.test.labels).tolist() == [1000] * 10
+    assert real.train.labels[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
+    assert real.test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
+    assert real.train.images[0, :, 0, 0].tolist() == [59, 62, 63]
+    mean = real.train.images.double().mean((0, 2, 3))
+    torch.testing.assert_close(mean, torch.tensor([125.30691805, 122.95039414, 113.86538318], dtype=torch.float64), atol=1e-6, rtol=0)
+    std = real.train.images.double().std((0, 2, 3), correction=0)
+    torch.testing.assert_close(std, torch.tensor([62.99321928, 62.08870764, 66.70489964], dtype=torch.float64), atol=1e-4, rtol=0)
+    test_mean = real.test.images.double().mean((0, 2, 3))
+    torch.testing.assert_close(test_mean, torch.tensor([126.02464141, 123.70850420, 114.85431865], dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_smoke_run_on_real_data(tmp_path):
+    """One short epoch on small real subsets writes the run directory and beats chance."""
+    from resnet_ocp.cli import main
+
+    result = main([
+        "--data", str(REAL_DATA), "--train-samples", "500", "--test-samples", "200", "--width", "16",
+        "--batch-size", "50", "--epochs", "2", "--peak-epoch", "1", "--max-lr", "0.005",
+        "--output-dir", str(tmp_path / "run"), "--no-progress",
+    ])
+    assert len(result["history"]) == 2
+    assert result["history"][-1]["test_samples"] == 200
+    assert result["final_accuracy"] > 0.15
+    assert (tmp_path / "run" / "model.safetensors").exists()

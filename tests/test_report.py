@@ -1,0 +1,87 @@
+"""The pictures: every PNG exists, is a real image of the expected size, and shows the right samples."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from resnet_ocp.report import confusion, grad_cam
+from resnet_ocp.report import main as report_main
+
+EXPECTED = {  # figsize x dpi 100
+    "lr_finder.png": (700, 450), "schedule.png": (800, 450), "curves.png": (1100, 420),
+    "confusion_matrix.png": (850, 750),
+}
+
+
+def test_every_picture_is_a_valid_image_of_the_expected_size(finished_run):
+    """A finished run holds all six PNGs, decodable and of the sizes the code asks for."""
+    run = Path(finished_run["run_dir"])
+    for name in ("lr_finder.png", "schedule.png", "curves.png", "misclassified.png", "confusion_matrix.png", "gradcam.png"):
+        with Image.open(run / name) as img:
+            img.verify()
+        with Image.open(run / name) as img:
+            assert img.format == "PNG"
+            if name in EXPECTED:
+                assert img.size == EXPECTED[name]
+            else:
+                assert img.size[0] >= 230 and img.size[1] >= 260
+        assert (run / name).stat().st_size > 5_000
+
+
+def test_misclassified_grid_holds_only_misclassified_samples(finished_run, tiny_data, cache_dir):
+    """Every index in the grid is a test sample the saved model gets wrong; per-class
+    accuracy agrees with the confusion matrix."""
+    from resnet_ocp.augment import normalize
+    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
+    from resnet_ocp.model import CustomResNet
+
+    run = Path(finished_run["run_dir"])
+    shown = json.loads((run / "misclassified.json").read_text())["indices"]
+    data = load_cifar(str(tiny_data), str(cache_dir))
+    model = CustomResNet(width=8).eval()
+    model.load_state_dict(load_file(str(run / "model.safetensors")))
+    with torch.no_grad():
+        pred = model(normalize(data.test.images, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))).argmax(1)
+    wrong = set(torch.nonzero(pred != data.test.labels).flatten().tolist())
+    assert set(shown) <= wrong and len(shown) == min(len(wrong), 20)
+    per_class = json.loads((run / "per_class_accuracy.json").read_text())
+    m = confusion(data.test.labels.numpy(), pred.numpy(), 10)
+    assert per_class["airplane"] == pytest.approx(m[0, 0] / m[0].sum())
+
+
+def test_confusion_counts():
+    """m[true, predicted] counts pairs."""
+    m = confusion([0, 0, 1, 2], [0, 1, 1, 1], 3)
+    assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_grad_cam_maps_are_normalised_heat_maps():
+    """Grad-CAM gives one [0, 1] map per image at input resolution, peaking at 1."""
+    torch.manual_seed(0)
+    model = CustomResNet_small()
+    cam = grad_cam(model, torch.randn(3, 3, 32, 32), torch.tensor([1, 2, 3]))
+    assert cam.shape == (3, 32, 32) and cam.min() >= 0
+    assert torch.all((cam.flatten(1).max(1).values == 1) | (cam.flatten(1).max(1).values == 0))
+
+
+def CustomResNet_small():
+    from resnet_ocp.model import CustomResNet
+
+    return CustomResNet(width=8)
+
+
+def test_report_command_regenerates_pictures_and_refuses_unfinished_dirs(finished_run, tmp_path, capsys):
+    """`python -m resnet_ocp.report RUN_DIR` rewrites the pictures; a directory without a
+    finished run gets one error line."""
+    run = Path(finished_run["run_dir"])
+    (run / "curves.png").unlink()
+    written = report_main([str(run)])
+    assert run / "curves.png" in written and (run / "curves.png").exists()
+    with pytest.raises(SystemExit) as info:
+        report_main([str(tmp_path)])
+    assert info.value.code == 2
+    assert "lacks config.json" in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""The One-Cycle schedule: two linear phases, peak at the end of the peak epoch, beta1 cycling."""
+
+import pytest
+import torch
+
+from resnet_ocp.config import Config
+from resnet_ocp.schedule import samples_after, schedule_trace, steps_per_epoch
+
+
+def test_steps_and_samples_follow_the_global_batch():
+    """98 steps of batch 512 cover CIFAR-10's 50,000 images (last batch 336 kept)."""
+    assert steps_per_epoch(50_000, 512) == 98
+    assert samples_after(97, 1, 50_000, 512) == 97 * 512
+    assert samples_after(98, 1, 50_000, 512) == 50_000
+    assert samples_after(1, 2, 50_000, 512) == 50_512
+
+
+def test_reference_schedule_shape():
+    """24 epochs x 98 steps: start max/100, peak max at the last step of epoch 5, end
+    max/1e4, linear in between, beta1 0.95 -> 0.85 -> 0.95 against the LR."""
+    cfg = Config()
+    trace = schedule_trace(cfg, max_lr=0.01, n_train=50_000)
+    lrs = torch.tensor([t[0] for t in trace], dtype=torch.float64)
+    betas = torch.tensor([t[1] for t in trace], dtype=torch.float64)
+    assert len(trace) == 24 * 98
+    peak = int(lrs.argmax())
+    assert peak == 5 * 98 - 1
+    assert lrs[0].item() == pytest.approx(1e-4)
+    assert lrs[peak].item() == pytest.approx(0.01)
+    assert lrs[-1].item() == pytest.approx(1e-6)
+    assert betas[0].item() == pytest.approx(0.95) and betas[peak].item() == pytest.approx(0.85)
+    assert betas[-1].item() == pytest.approx(0.95)
+    # Linear phases: constant increments up to the peak, then constant decrements.
+    up, down = lrs[: peak + 1].diff(), lrs[peak:].diff()
+    assert torch.allclose(up, up[0].expand_as(up)) and (up > 0).all()
+    assert torch.allclose(down, down[0].expand_as(down)) and (down < 0).all()
+
+
+def test_schedule_never_raises_at_its_end():
+    """Stepping the scheduler after each of total_steps optimizer steps does not raise (the
+    trace does exactly that) and no applied LR is negative."""
+    trace = schedule_trace(Config(epochs=3, peak_epoch=1), max_lr=0.1, n_train=1000)
+    assert len(trace) == 3 * 2 and min(t[0] for t in trace) > 0
+
+
+def test_beta1_cycling_can_be_turned_off():
+    """--no-cycle-beta1 keeps beta1 at beta1_max throughout."""
+    trace = schedule_trace(Config(epochs=2, peak_epoch=1, cycle_beta1=False), max_lr=0.1, n_train=2048)
+    assert {t[1] for t in trace} == {0.95}

@@ -1,0 +1,159 @@
+"""Training end to end on the tiny set: the schedule as applied, learning, resume, and 2 processes."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import REPO, tiny_args
+from resnet_ocp.checkpoint import read_steps
+from resnet_ocp.cli import main
+from resnet_ocp.config import Config
+from resnet_ocp.schedule import schedule_trace
+
+HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds", "images_per_second"}
+
+
+def _one_process(tiny_data, cache_dir, out: Path, *extra: str) -> dict:
+    return main(tiny_args(tiny_data, cache_dir, out, *extra))
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_data, cache_dir, tmp_path_factory):
+    """The uninterrupted 1-process run that the resumed and the 2-process runs must match."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    result = _one_process(tiny_data, cache_dir, tmp_path_factory.mktemp("ref") / "run")
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    return result
+
+
+def test_run_directory_contract(reference_run):
+    """config.json, history.json (one record per epoch, fractions), steps.csv, tensorboard
+    events, per-epoch checkpoints, model.safetensors and predictions.csv are all written."""
+    run = Path(reference_run["run_dir"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["max_lr"] == 0.02 and cfg["epochs"] == 2
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert HISTORY_KEYS <= set(history[0])
+    assert all(0 <= h["test_accuracy"] <= 1 and h["images_per_second"] > 0 for h in history)
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001", "epoch_002"]
+    weights = load_file(str(run / "model.safetensors"))
+    assert weights["fc.weight"].shape == (10, 64)
+    lines = (run / "predictions.csv").read_text().splitlines()
+    assert lines[0] == "index,label,prediction,confidence" and len(lines) == 101
+
+
+def test_applied_lr_and_beta1_follow_the_schedule_to_its_end(reference_run):
+    """steps.csv's LR and beta1, read from the optimizer at each step, equal OneCycleLR's
+    trace step for step, and the last step applies the schedule's final LR."""
+    run = Path(reference_run["run_dir"])
+    rows = read_steps(run / "steps.csv")
+    cfg = Config.from_dict(json.loads((run / "config.json").read_text()))
+    trace = schedule_trace(cfg, cfg.max_lr, n_train=200)
+    assert len(rows) == len(trace) == 20
+    assert [r["step"] for r in rows] == list(range(1, 21))
+    assert [r["samples"] for r in rows][9:12] == [200, 220, 240]
+    assert [r["lr"] for r in rows] == [t[0] for t in trace]
+    assert [r["beta1"] for r in rows] == [t[1] for t in trace]
+    assert rows[-1]["lr"] == pytest.approx(0.02 / 100 / 100)
+
+
+def test_it_learns_the_tiny_task(reference_run):
+    """Two epochs on the colour-coded set end far above chance (10%)."""
+    assert reference_run["final_accuracy"] >= 0.6
+    assert reference_run["history"][-1]["test_samples"] == 100
+
+
+def test_resume_equals_uninterrupted(reference_run, tiny_data, cache_dir, tmp_path):
+    """Stopping after epoch 1 and resuming gives the same steps.csv and bit-identical weights."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    out = tmp_path / "split"
+    first = _one_process(tiny_data, cache_dir, out, "--stop-after-epoch", "1")
+    assert len(first["history"]) == 1 and not (out / "model.safetensors").exists()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    resumed = main(["--resume", str(out), "--no-progress"])
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    ref = Path(reference_run["run_dir"])
+    assert (out / "steps.csv").read_text() == (ref / "steps.csv").read_text()
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(config: str, argv: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
+           "--main_process_port", str(_free_port()), str(REPO / "train.py"), *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+
+def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
+    """`accelerate launch` with cpu_multi.yaml runs 2 real processes whose applied LRs equal
+    the 1-process run's at every step, whose first-step loss (same samples, split in two)
+    is close to it, which end at the schedule's end, count every test sample once, learn, and
+    write TensorBoard events and checkpoints."""
+    out = tmp_path / "two"
+    proc = _launch("cpu_multi.yaml", tiny_args(tiny_data, cache_dir, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es), DistributedType.MULTI_CPU" in proc.stdout
+    ref_rows = read_steps(Path(reference_run["run_dir"]) / "steps.csv")
+    rows = read_steps(out / "steps.csv")
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
+    assert [r["samples"] for r in rows] == [r["samples"] for r in ref_rows]
+    # Same samples and weights, but batch norm normalises each process's half-batch with its
+    # own statistics, so the first loss agrees only closely, not exactly.
+    assert rows[0]["loss"] == pytest.approx(ref_rows[0]["loss"], rel=0.05)
+    assert rows[-1]["lr"] == pytest.approx(0.02 / 100 / 100)
+    history = json.loads((out / "history.json").read_text())
+    assert history[-1]["test_samples"] == 100 and history[-1]["test_accuracy"] >= 0.6
+    indices = [int(line.split(",")[0]) for line in (out / "predictions.csv").read_text().splitlines()[1:]]
+    assert sorted(indices) == list(range(100))
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "epoch_002" / "complete").exists()
+    assert proc.stdout.count("Test set: Average loss") == 2  # printed by the main process only
+
+
+def test_lone_process_in_a_multi_process_world_is_refused():
+    """A process whose environment says WORLD_SIZE=2 but whose Accelerator sees one process
+    (a launch that fell back to DistributedType.NO) is refused with one line."""
+    from resnet_ocp.cli import RunError
+    from resnet_ocp.trainer import check_world_size
+
+    with pytest.raises(RunError, match="WORLD_SIZE=2 but Accelerate sees 1 process"):
+        check_world_size(1, {"WORLD_SIZE": "2"})
+    check_world_size(2, {"WORLD_SIZE": "2"})
+    check_world_size(1, {})
+
+
+def test_broken_launch_environment_gives_one_line(tiny_data, cache_dir, tmp_path):
+    """WORLD_SIZE=2 without a rendezvous address ends with exit 2 and one error line, no run directory."""
+    import os
+
+    env = {**os.environ, "WORLD_SIZE": "2"}
+    env.pop("MASTER_ADDR", None)
+    cmd = [sys.executable, str(REPO / "train.py"), *tiny_args(tiny_data, cache_dir, tmp_path / "lone")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Accelerate could not set up the processes") and "MASTER_ADDR" in last
+    assert not (tmp_path / "lone").exists()
