@@ -56,6 +56,7 @@ class Config:
     lr_find_iters: int = field(default=100, metadata={"help": "steps of the LR range test"})
     lr_find_start: float = field(default=1e-5, metadata={"help": "first LR of the range test"})
     lr_find_end: float = field(default=1.0, metadata={"help": "last LR of the range test"})
+    lr_find_mode: str = field(default="exp", metadata={"help": "LR sweep: exp (geometric steps) or linear"})
     lr_find_rule: str = field(default="steepest", metadata={"help": "suggestion rule: steepest, valley or min10"})
     lr_find_only: bool = field(default=False, metadata={"help": "run the LR range test, write its files and stop"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
@@ -93,6 +94,8 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be at least 10 (one per class), got {value}")
         if not 0 < self.lr_find_start < self.lr_find_end:
             raise ConfigError("need 0 < --lr-find-start < --lr-find-end")
+        if self.lr_find_mode not in ("exp", "linear"):
+            raise ConfigError(f"--lr-find-mode must be exp or linear, got {self.lr_find_mode!r}")
         if self.lr_find_rule not in ("steepest", "valley", "min10"):
             raise ConfigError(f"--lr-find-rule must be steepest, valley or min10, got {self.lr_find_rule!r}")
 

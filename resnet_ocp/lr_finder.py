@@ -236,10 +236,12 @@ def run_range_test(accelerator, model, optimizer, loader, data, cfg, run_dir: Pa
     from resnet_ocp.checkpoint import write_json
     from resnet_ocp.report import plot_lr_finder
 
-    accelerator.print(f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g} (rule: {cfg.lr_find_rule})")
+    accelerator.print(
+        f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g} ({cfg.lr_find_mode}, rule: {cfg.lr_find_rule})"
+    )
     result = range_test(
         accelerator, model, optimizer, loader, data, start_lr=cfg.lr_find_start, end_lr=cfg.lr_find_end,
-        num_iter=cfg.lr_find_iters, rule=cfg.lr_find_rule, seed=cfg.seed, padding=cfg.crop_padding,
+        num_iter=cfg.lr_find_iters, mode=cfg.lr_find_mode, rule=cfg.lr_find_rule, seed=cfg.seed, padding=cfg.crop_padding,
         cutout_size=cfg.cutout, label_smoothing=cfg.label_smoothing, channels_last=cfg.channels_last,
         progress=cfg.progress,
     )

@@ -42,15 +42,18 @@ def plot_lr_finder(result: dict, path: Path) -> None:
     lrs, smoothed = np.asarray(result["lrs"]), np.asarray(result["smoothed"])
     ax.plot(lrs, result["losses"], color="0.75", lw=1, label="loss per step")
     ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed loss")
+    finite = smoothed[np.isfinite(smoothed)]
+    if len(finite):
+        # Clip the divergence so the falling part, where the suggestion lies, fills the plot.
+        ax.set_ylim(max(finite.min() - 0.1 * abs(finite.min()), 0), min(finite.max(), 3 * finite[: max(len(finite) // 2, 1)].max()) * 1.05)
     for name, lr in (result.get("suggestions") or {}).items():
         if lr is not None and name != result["rule"]:
             ax.axvline(lr, color="0.5", ls=":", lw=1)
-            ax.text(lr, ax.get_ylim()[1], f" {name}", rotation=90, va="top", fontsize=8, color="0.4")
+            ax.text(lr, ax.get_ylim()[1], f" {name}: {lr:.2g}", rotation=90, va="top", ha="right", fontsize=8, color="0.3")
     if result["suggested_lr"] is not None:
         ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested ({result['rule']}): {result['suggested_lr']:.3g}")
-    finite = smoothed[np.isfinite(smoothed)]
-    if len(finite):
-        ax.set_ylim(max(finite.min() - 0.1 * abs(finite.min()), 0), min(finite.max(), 3 * finite[: max(len(finite) // 2, 1)].max()) * 1.05)
+    else:
+        ax.text(0.5, 0.5, "no suggestion: " + result["message"][:60], transform=ax.transAxes, ha="center", color="C3")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")

@@ -219,9 +219,20 @@ def run(cfg: Config) -> dict:
 
             pictures = make_report(run_dir, data=data)
             accelerator.print("pictures: " + ", ".join(p.name for p in pictures))
+            _log_picture(accelerator, run_dir / "misclassified.png", cfg.epochs)
         accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
+
+
+def _log_picture(accelerator: Accelerator, path: Path, step: int) -> None:
+    """Put a PNG into TensorBoard's Images tab (main process)."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        pixels = np.asarray(img.convert("RGB"))
+    accelerator.get_tracker("tensorboard").writer.add_image(path.stem, pixels, step, dataformats="HWC")
 
 
 def _finish(accelerator: Accelerator, model, run_dir: Path, test: dict, classes: list[str]) -> None:

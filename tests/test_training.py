@@ -45,7 +45,13 @@ def test_run_directory_contract(reference_run):
     assert [h["epoch"] for h in history] == [1, 2]
     assert HISTORY_KEYS <= set(history[0])
     assert all(0 <= h["test_accuracy"] <= 1 and h["images_per_second"] > 0 for h in history)
-    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((run / "tensorboard").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {"test_accuracy", "train_loss", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("test_accuracy")] == [1, 2]
+    assert "misclassified" in events.Tags()["images"]
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001", "epoch_002"]
     weights = load_file(str(run / "model.safetensors"))
     assert weights["fc.weight"].shape == (10, 64)
@@ -157,3 +163,13 @@ def test_broken_launch_environment_gives_one_line(tiny_data, cache_dir, tmp_path
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: Accelerate could not set up the processes") and "MASTER_ADDR" in last
     assert not (tmp_path / "lone").exists()
+
+
+def test_gradient_accumulation_keeps_the_schedule(reference_run, tiny_data, cache_dir, tmp_path):
+    """--grad-accum 2 (two micro-batches of 10 per step of 20) applies the same LR at the same
+    optimizer steps and sample counts as the reference run."""
+    out = tmp_path / "accum"
+    _one_process(tiny_data, cache_dir, out, "--grad-accum", "2")
+    rows = read_steps(out / "steps.csv")
+    ref = read_steps(Path(reference_run["run_dir"]) / "steps.csv")
+    assert [(r["step"], r["samples"], r["lr"], r["beta1"]) for r in rows] == [(r["step"], r["samples"], r["lr"], r["beta1"]) for r in ref]
