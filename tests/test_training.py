@@ -173,3 +173,15 @@ def test_gradient_accumulation_keeps_the_schedule(reference_run, tiny_data, cach
     rows = read_steps(out / "steps.csv")
     ref = read_steps(Path(reference_run["run_dir"]) / "steps.csv")
     assert [(r["step"], r["samples"], r["lr"], r["beta1"]) for r in rows] == [(r["step"], r["samples"], r["lr"], r["beta1"]) for r in ref]
+
+
+def test_emulated_bf16_on_cpu_is_warned_about():
+    """bf16 on a CPU without native bf16 gets a warning naming the fp32 config; GPUs,
+    fp32 and native-bf16 CPUs get none."""
+    from resnet_ocp.trainer import slow_precision_warning
+
+    message = slow_precision_warning("cpu", "bf16", bf16_native=False)
+    assert message.startswith("WARNING: bf16 autocast on a CPU without native bf16") and "accelerate_configs/cpu.yaml" in message
+    assert slow_precision_warning("cpu", "bf16", bf16_native=True) is None
+    assert slow_precision_warning("cpu", "no") is None
+    assert slow_precision_warning("cuda", "bf16") is None

@@ -1,0 +1,214 @@
+"""Training throughput against its ceiling and against the textbook pipeline, side by side.
+
+(a) ceiling: the bare training step (forward, backward, Adam) on tensors already on the device;
+(b) ours: the real training step: cached `datasets` images, our index loader, batched device
+    augmentation, Accelerate-prepared model/optimizer/scheduler (``engine.train_one_epoch``);
+(c) textbook: per-sample PIL/torchvision transforms (pad+crop, flip, ToTensor, Normalize,
+    cutout) in a DataLoader with workers, fp32, contiguous memory;
+(d) the input pipelines alone, no model: ours against the textbook loader.
+
+Prints img/s, peak memory and the ratios (b)/(a), (b)/(c), (d) ours/textbook, and appends one
+JSON line with the command, versions and machine to ``benchmarks/results.jsonl``.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml benchmarks/throughput.py --data ../shared/data/cifar10
+    python benchmarks/throughput.py --quick --data ../shared/data/cifar10      # < 2 minutes here
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+RESULTS = Path(__file__).with_name("results.jsonl")
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bare_step(accelerator, cfg, steps: int, warmup: int) -> float:
+    """(a) img/s of forward+backward+Adam on a fixed device-resident batch."""
+    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.schedule import build_optimizer
+
+    model = CustomResNet(width=cfg.width).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg, lr=1e-3)
+    model, opt = accelerator.prepare(model, opt)
+    x = torch.randn(cfg.batch_size, 3, 32, 32, device=accelerator.device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (cfg.batch_size,), device=accelerator.device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(accelerator.device)
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(x).float(), y)
+        accelerator.backward(loss)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync(accelerator.device)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def our_step(accelerator, cfg, data, steps: int) -> float:
+    """(b) img/s of ``engine.train_one_epoch`` over ``steps`` batches (after one warm-up epoch)."""
+    from resnet_ocp.augment import epoch_params
+    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
+    from resnet_ocp.engine import DeviceSplit, train_one_epoch
+    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.schedule import build_one_cycle, build_optimizer
+
+    n = steps * cfg.batch_size
+    dev = accelerator.device
+    split = DeviceSplit(data.train.images[:n].to(dev), data.train.labels[:n].to(dev),
+                        torch.tensor(CIFAR10_MEAN, device=dev), torch.tensor(CIFAR10_STD, device=dev))
+    model = CustomResNet(width=cfg.width).to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
+    loader, _ = make_loaders(n, 10, cfg.batch_size // accelerator.num_processes, 10, cfg.seed)
+    model, opt, loader = accelerator.prepare(model, opt, loader)
+    sched = accelerator.prepare(build_one_cycle(opt.optimizer, cfg.replace(epochs=3, peak_epoch=1), 1e-3, n))
+    rates = []
+    for epoch in (1, 2):  # epoch 1 warms up (allocator, oneDNN kernels)
+        params = epoch_params(n, cfg.seed, epoch).to(dev)
+        out = train_one_epoch(accelerator, model, opt, sched, loader, split, params, epoch=epoch, step_offset=0,
+                              batch_size=cfg.batch_size, padding=4, cutout_size=8, progress=False)
+        rates.append(out["images_per_second"])
+    return rates[-1]
+
+
+class _TextbookSet(torch.utils.data.Dataset):
+    """The tutorial pipeline: a PIL image per sample through torchvision transforms."""
+
+    def __init__(self, images, labels):
+        import torchvision.transforms as T
+
+        self.images, self.labels = images.permute(0, 2, 3, 1).numpy(), labels
+        self.tf = T.Compose([
+            T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+            T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+            T.RandomErasing(p=1.0, scale=(64 / 1024, 64 / 1024), ratio=(1.0, 1.0), value=0),  # Cutout 8x8
+        ])
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.tf(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def textbook_loader(data, n: int, batch: int, workers: int):
+    return torch.utils.data.DataLoader(_TextbookSet(data.train.images[:n], data.train.labels[:n]), batch_size=batch,
+                                       shuffle=True, num_workers=workers, persistent_workers=workers > 0, drop_last=True)
+
+
+def textbook_step(cfg, data, steps: int, workers: int) -> float:
+    """(c) img/s of the fp32 tutorial loop: workers + per-sample transforms, plain memory format."""
+    from resnet_ocp.model import CustomResNet
+
+    model = CustomResNet(width=cfg.width)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = textbook_loader(data, (steps + 1) * cfg.batch_size, cfg.batch_size, workers)
+    for i, (x, y) in enumerate(loader):
+        if i == 1:  # first batch warms up workers and kernels
+            start = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return steps * cfg.batch_size / (time.perf_counter() - start)
+
+
+def pipelines_alone(accelerator, cfg, data, n: int, workers: int) -> tuple[float, float]:
+    """(d) img/s of the input pipelines with no model: ours on the device vs the textbook loader."""
+    from resnet_ocp.augment import augment_batch, epoch_params
+    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
+
+    dev = accelerator.device
+    images, mean, std = data.train.images[:n].to(dev), torch.tensor(CIFAR10_MEAN, device=dev), torch.tensor(CIFAR10_STD, device=dev)
+    loader, _ = make_loaders(n, 10, cfg.batch_size, 10, 0)
+    params = epoch_params(n, 0, 1).to(dev)
+    for _ in range(2):  # first pass warms up
+        _sync(dev)
+        start = time.perf_counter()
+        for idx in loader:
+            idx = idx.to(dev)
+            augment_batch(images[idx], params[idx], mean, std, 4, 8).contiguous(memory_format=torch.channels_last)
+        _sync(dev)
+        ours = n / (time.perf_counter() - start)
+    loader = textbook_loader(data, n + cfg.batch_size, cfg.batch_size, workers)
+    for i, _batch in enumerate(loader):
+        if i == 1:
+            start = time.perf_counter()
+    textbook = (len(loader) - 1) * cfg.batch_size / (time.perf_counter() - start)
+    return ours, textbook
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the four measurements and append them to ``benchmarks/results.jsonl``."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="uoft-cs/cifar10")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the textbook pipeline")
+    parser.add_argument("--quick", action="store_true", help="3 timed steps: under two minutes on 2 CPU cores")
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps = 3
+
+    from accelerate import Accelerator
+
+    from resnet_ocp.config import Config
+    from resnet_ocp.data import load_cifar
+    from resnet_ocp.trainer import _has_accelerator_device
+
+    accelerator = Accelerator(cpu=not _has_accelerator_device())
+    cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3)
+    data = load_cifar(args.data, train_samples=None)
+    bare = bare_step(accelerator, cfg, args.steps, warmup=2)
+    ours = our_step(accelerator, cfg, data, args.steps)
+    textbook = textbook_step(cfg, data, args.steps, args.workers)
+    pipe_ours, pipe_textbook = pipelines_alone(accelerator, cfg, data, max(args.steps, 8) * args.batch_size, args.workers)
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, device {accelerator.device}",
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "mixed_precision": accelerator.mixed_precision, "batch_size": args.batch_size, "steps": args.steps, "width": args.width,
+        "bare_step_img_s": bare, "our_step_img_s": ours, "textbook_step_img_s": textbook,
+        "our_pipeline_img_s": pipe_ours, "textbook_pipeline_img_s": pipe_textbook,
+        "peak_memory_mb": _peak_mb(accelerator.device),
+        "ours_over_bare": ours / bare, "ours_over_textbook": ours / textbook, "pipeline_ours_over_textbook": pipe_ours / pipe_textbook,
+    }
+    if accelerator.is_main_process:
+        print(f"(a) bare step      {bare:10.1f} img/s")
+        print(f"(b) our step       {ours:10.1f} img/s   (b)/(a) = {record['ours_over_bare']:.3f}")
+        print(f"(c) textbook step  {textbook:10.1f} img/s   (b)/(c) = {record['ours_over_textbook']:.2f}")
+        ratio = record["pipeline_ours_over_textbook"]
+        print(f"(d) pipelines      ours {pipe_ours:,.0f} img/s, textbook {pipe_textbook:,.0f} img/s, ratio {ratio:.1f}")
+        print(f"peak memory {record['peak_memory_mb']:.0f} MB; mixed precision {accelerator.mixed_precision}")
+        with open(args.results, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()
