@@ -17,10 +17,7 @@ from resnet_ocp.checkpoint import read_json
 from resnet_ocp.config import RESUME_FREE_FIELDS, Config, ConfigError
 from resnet_ocp.data import DataError
 from resnet_ocp.lr_finder import LRFinderError
-
-
-class RunError(RuntimeError):
-    """A run cannot start or go on; the message is one line saying what to do."""
+from resnet_ocp.trainer import RunError, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,8 +86,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(vars(args))
-        from resnet_ocp.trainer import run
-
         return run(cfg)
     except (ConfigError, DataError, RunError, LRFinderError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -34,6 +34,10 @@ from resnet_ocp.model import CustomResNet, count_parameters, summary
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
 
 
+class RunError(RuntimeError):
+    """A run cannot start or go on; the message is one line saying what to do."""
+
+
 def _has_accelerator_device() -> bool:
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
@@ -44,8 +48,6 @@ def make_accelerator(cfg: Config) -> Accelerator:
     """The Accelerator of a run. Mixed precision and the process layout come from the
     ``accelerate launch`` config; on a machine without an accelerator device it is told
     ``cpu=True`` so that a torchrun-style launch of N processes forms one gloo group."""
-    from resnet_ocp.cli import RunError
-
     try:
             accelerator = Accelerator(
             cpu=not _has_accelerator_device(),
@@ -103,8 +105,6 @@ def check_world_size(num_processes: int, environ) -> None:
         num_processes: processes the Accelerator sees.
         environ: the environment (``os.environ``) as set by the launcher.
     """
-    from resnet_ocp.cli import RunError
-
     world = int(environ.get("WORLD_SIZE", "1"))
     if world > 1 and num_processes == 1:
         raise RunError(
@@ -115,8 +115,6 @@ def check_world_size(num_processes: int, environ) -> None:
 
 def _run_dir(accelerator: Accelerator, cfg: Config) -> Path:
     """The run directory, decided on the main process and shared (timestamps differ across processes)."""
-    from resnet_ocp.cli import RunError
-
     chosen = [cfg.output_dir or time.strftime("runs/%Y%m%d-%H%M%S")]
     broadcast_object_list(chosen)
     run_dir = Path(chosen[0])
@@ -141,8 +139,6 @@ def run(cfg: Config) -> dict:
         dict with ``run_dir``, ``config`` (resolved), ``history``, ``max_lr``, and when the
         schedule finished ``final_accuracy``.
     """
-    from resnet_ocp.cli import RunError
-
     accelerator = make_accelerator(cfg)
     run_dir = _run_dir(accelerator, cfg)
     accelerator.print(f"resnet_ocp run in {run_dir}: {accelerator.num_processes} process(es), {accelerator.distributed_type}, "
@@ -151,6 +147,7 @@ def run(cfg: Config) -> dict:
         data = load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     n_train, n_test = len(data.train), len(data.test)
     accelerator.print(f"data: {cfg.data}: {n_train} train / {n_test} test images, classes {data.classes}")
+    accelerator.print(f"config:\n{cfg.to_json()}")
 
     set_seed(cfg.seed)
     model = CustomResNet(num_classes=len(data.classes), width=cfg.width)
@@ -180,7 +177,7 @@ def run(cfg: Config) -> dict:
             return {"run_dir": str(run_dir), "config": cfg.to_dict(), "history": [], "max_lr": found.suggested_lr,
                     "lr_finder": found.to_dict()}
         cfg = cfg.replace(max_lr=found.suggested_lr)
-    accelerator.print(f"config:\n{cfg.to_json()}")
+        accelerator.print(f"max_lr = {cfg.max_lr:.6g} (from the LR range test; saved in config.json)")
     if accelerator.is_main_process and cfg.resume is None:
         write_json(run_dir / "config.json", cfg.to_dict())
 
@@ -195,13 +192,15 @@ def run(cfg: Config) -> dict:
     if cfg.resume is not None:
         found_ckpt = latest_checkpoint(run_dir)
         if found_ckpt is None:
-            raise RunError(f"--resume {run_dir}: no complete checkpoint in {run_dir}/checkpoints; start the run again")
-        done, path = found_ckpt
-        accelerator.load_state(str(path))
-        start_epoch = done + 1
-        history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done]
-        rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done]
-        accelerator.print(f"resumed {run_dir} after epoch {done} (step {len(rows)})")
+            # Interrupted inside epoch 1: nothing to restore, the saved config (with its peak LR) starts afresh.
+            accelerator.print(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1 with the saved config")
+        else:
+            done, path = found_ckpt
+            accelerator.load_state(str(path))
+            start_epoch = done + 1
+            history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done]
+            rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done]
+            accelerator.print(f"resumed {run_dir} after epoch {done} (step {len(rows)})")
 
     metric = load_accuracy_metric()
     test = None

@@ -142,8 +142,7 @@ def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
 def test_lone_process_in_a_multi_process_world_is_refused():
     """A process whose environment says WORLD_SIZE=2 but whose Accelerator sees one process
     (a launch that fell back to DistributedType.NO) is refused with one line."""
-    from resnet_ocp.cli import RunError
-    from resnet_ocp.trainer import check_world_size
+    from resnet_ocp.trainer import RunError, check_world_size
 
     with pytest.raises(RunError, match="WORLD_SIZE=2 but Accelerate sees 1 process"):
         check_world_size(1, {"WORLD_SIZE": "2"})
@@ -185,3 +184,22 @@ def test_emulated_bf16_on_cpu_is_warned_about():
     assert slow_precision_warning("cpu", "bf16", bf16_native=True) is None
     assert slow_precision_warning("cpu", "no") is None
     assert slow_precision_warning("cuda", "bf16") is None
+
+
+def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_config(reference_run, tiny_data, cache_dir, tmp_path):
+    """A run interrupted inside epoch 1 (config.json written, no checkpoint yet) resumes from
+    epoch 1 and still ends identical to the uninterrupted run."""
+    import shutil
+
+    out = tmp_path / "early"
+    _one_process(tiny_data, cache_dir, out, "--stop-after-epoch", "1")
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+    shutil.rmtree(out / "checkpoints")
+    (out / "history.json").unlink()
+    (out / "steps.csv").unlink()
+    main(["--resume", str(out), "--no-progress"])
+    assert (out / "steps.csv").read_text() == (Path(reference_run["run_dir"]) / "steps.csv").read_text()
