@@ -48,6 +48,7 @@ class Config:
     crop_padding: int = field(default=4, metadata={"help": "zero padding before the random 32x32 crop"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip"})
     cutout: int = field(default=8, metadata={"help": "side of the Cutout square (0 disables it)"})
+    tta: bool = field(default=False, metadata={"help": "flip test-time augmentation: average the logits of each test image and its mirror"})
     width: int = field(default=64, metadata={"help": "channels of the prep layer (64 = the 6,573,130-parameter network)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (faster convolutions)"})
     eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})

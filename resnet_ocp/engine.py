@@ -42,6 +42,24 @@ def _inputs(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                   channels_last: bool = True, tta: bool = False) -> torch.Tensor:
+    """float32 logits of uint8 images; with ``tta`` the mean of the image's and its mirror's.
+
+    Args:
+        model: the network (in eval mode for evaluation).
+        images: uint8 [B, 3, H, W] on the model's device.
+        mean, std: per-channel normalisation, fractions of 255.
+        channels_last: feed channels_last inputs.
+        tta: flip test-time augmentation (two forward passes).
+    """
+    x = normalize(images, mean, std)
+    logits = model(_inputs(x, channels_last)).float()
+    if tta:
+        logits = (logits + model(_inputs(x.flip(-1), channels_last)).float()) / 2
+    return logits
+
+
 def train_one_epoch(
     accelerator,
     model: torch.nn.Module,
@@ -142,7 +160,8 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, metric=None, *, channels_last: bool = True) -> dict:
+def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, metric=None, *, channels_last: bool = True,
+             tta: bool = False) -> dict:
     """Evaluate on a split, gathering every sample exactly once across processes.
 
     Args:
@@ -152,6 +171,7 @@ def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, met
         data: the split on the device.
         metric: an ``evaluate`` accuracy metric (default: the shipped one).
         channels_last: feed channels_last inputs.
+        tta: flip test-time augmentation.
 
     Returns:
         ``loss`` (mean), ``accuracy`` (fraction, from ``evaluate``), ``correct``, ``total``,
@@ -161,9 +181,8 @@ def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, met
     metric = metric or load_accuracy_metric()
     parts: list[tuple[torch.Tensor, ...]] = []
     for idx in loader:
-        x = normalize(data.images[idx], data.mean, data.std)
         y = data.labels[idx]
-        logits = model(_inputs(x, channels_last)).float()
+        logits = predict_logits(model, data.images[idx], data.mean, data.std, channels_last, tta)
         losses = F.cross_entropy(logits, y, reduction="none")
         conf, pred = logits.softmax(1).max(1)
         # gather_for_metrics drops the samples Accelerate repeated to even out the last batch.

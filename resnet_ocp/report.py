@@ -180,7 +180,6 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
 
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.engine import load_accuracy_metric  # noqa: F401  (keeps the metric importable offline)
     from resnet_ocp.model import CustomResNet
 
     run_dir = Path(run_dir)
@@ -198,9 +197,10 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
     model.eval()
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
     from resnet_ocp.augment import normalize
+    from resnet_ocp.engine import predict_logits
 
     with torch.no_grad():
-        probs = torch.cat([model(normalize(b, mean, std)).softmax(1) for b in data.test.images.split(1000)])
+        probs = torch.cat([predict_logits(model, b, mean, std, False, cfg.tta).softmax(1) for b in data.test.images.split(1000)])
     conf, pred = probs.max(1)
     labels = data.test.labels
     m = confusion(labels.numpy(), pred.numpy(), len(data.classes))

@@ -214,7 +214,7 @@ def run(cfg: Config) -> dict:
             log_every=cfg.log_every, progress=cfg.progress,
         )
         eval_start = time.perf_counter()
-        test = evaluate(accelerator, model, test_loader, test_split, metric, channels_last=cfg.channels_last)
+        test = evaluate(accelerator, model, test_loader, test_split, metric, channels_last=cfg.channels_last, tta=cfg.tta)
         eval_seconds = time.perf_counter() - eval_start
         accelerator.print(
             f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} ({100 * test['accuracy']:.2f}%)"

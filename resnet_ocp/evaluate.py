@@ -1,0 +1,87 @@
+"""``python -m resnet_ocp.evaluate RUN_DIR``: the test accuracy of a run's saved weights.
+
+Reproduces a recorded result from ``model.safetensors`` and ``config.json`` alone (no
+checkpoint, no training code path), and says whether it matches the accuracy recorded in
+``history.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from resnet_ocp.checkpoint import read_json
+from resnet_ocp.config import Config
+from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
+from resnet_ocp.engine import load_accuracy_metric, predict_logits
+from resnet_ocp.model import CustomResNet
+
+
+def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None = None, batch_size: int = 1000) -> dict:
+    """Accuracy and loss of a finished run's weights on its test split.
+
+    Args:
+        run_dir: a finished run directory.
+        data: dataset source (default: the run's ``--data``).
+        tta: flip test-time augmentation (default: the run's ``--tta``).
+        batch_size: evaluation batch.
+
+    Returns:
+        ``accuracy``, ``correct``, ``total``, ``loss`` and ``recorded`` (history's last test accuracy, if any).
+    """
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg = Config.from_dict(read_json(run_dir / "config.json"))
+    tta = cfg.tta if tta is None else tta
+    cifar = load_cifar(data or cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = CustomResNet(num_classes=len(cifar.classes), width=cfg.width)
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model = model.to(device).eval()
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
+    with torch.no_grad():
+        logits = torch.cat([
+            predict_logits(model, batch.to(device), mean, std, cfg.channels_last, tta).cpu()
+            for batch in cifar.test.images.split(batch_size)
+        ])
+    labels = cifar.test.labels
+    preds = logits.argmax(1)
+    accuracy = float(load_accuracy_metric().compute(predictions=preds.numpy(), references=labels.numpy())["accuracy"])
+    history = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else []
+    return {
+        "accuracy": accuracy, "correct": int((preds == labels).sum()), "total": len(labels),
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)), "tta": tta,
+        # A record made with the other TTA setting is not comparable.
+        "recorded": history[-1]["test_accuracy"] if history and tta == cfg.tta else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Print the test accuracy of ``RUN_DIR``'s weights and compare it with the record."""
+    parser = argparse.ArgumentParser(prog="python -m resnet_ocp.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
+    parser.add_argument("--data", help="dataset source (default: the run's --data)")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA (default: the run's setting)")
+    args = parser.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    missing = [f for f in ("config.json", "model.safetensors") if not (run_dir / f).exists()]
+    if missing:
+        print(f"error: {run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py", file=sys.stderr)
+        raise SystemExit(2)
+    result = evaluate_run(run_dir, args.data, args.tta)
+    print(f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['correct']}/{result['total']} "
+          f"({100 * result['accuracy']:.2f}%){' with flip TTA' if result['tta'] else ''}")
+    if result["recorded"] is not None:
+        same = abs(result["recorded"] - result["accuracy"]) < 0.5 / result["total"]
+        print(f"recorded in history.json: {100 * result['recorded']:.2f}% ({'matches' if same else 'DIFFERS'})")
+    return result
+
+
+if __name__ == "__main__":
+    main()

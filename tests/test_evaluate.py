@@ -1,0 +1,37 @@
+"""`python -m resnet_ocp.evaluate RUN_DIR` reproduces the recorded accuracy from the saved weights."""
+
+import pytest
+import torch
+
+from resnet_ocp.engine import predict_logits
+from resnet_ocp.evaluate import main as evaluate_main
+from resnet_ocp.model import CustomResNet
+
+
+def test_saved_weights_reproduce_the_recorded_accuracy(finished_run, capsys):
+    """The final test accuracy in history.json is recomputed exactly from model.safetensors."""
+    result = evaluate_main([finished_run["run_dir"]])
+    assert result["total"] == 100
+    assert result["accuracy"] == pytest.approx(finished_run["history"][-1]["test_accuracy"], abs=1e-9)
+    out = capsys.readouterr().out
+    assert f"Accuracy: {result['correct']}/100" in out and "(matches)" in out
+
+
+def test_flip_tta_averages_the_image_and_its_mirror():
+    """--tta logits are the mean of the logits of x and of x mirrored left-right."""
+    torch.manual_seed(0)
+    model = CustomResNet(width=8).eval()
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    mean, std = torch.zeros(3) + 0.5, torch.ones(3) * 0.25
+    with torch.no_grad():
+        both = predict_logits(model, x, mean, std, False, tta=True)
+        plain = predict_logits(model, x, mean, std, False)
+        mirrored = predict_logits(model, x.flip(-1), mean, std, False)
+    torch.testing.assert_close(both, (plain + mirrored) / 2)
+
+
+def test_unfinished_directory_is_refused(tmp_path, capsys):
+    """A directory without weights gets one error line and exit status 2."""
+    with pytest.raises(SystemExit) as info:
+        evaluate_main([str(tmp_path)])
+    assert info.value.code == 2 and "lacks config.json, model.safetensors" in capsys.readouterr().err
