@@ -37,18 +37,21 @@ class Config:
     stop_after_epoch: int | None = field(default=None, metadata={"help": "stop (resumably) after this epoch; the schedule still spans --epochs"})
     batch_size: int = field(default=512, metadata={"help": "global batch size per optimizer step, over all processes"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
+    optimizer: str = field(default="adam", metadata={"help": "adam (reference, L2 decay), adamw (decoupled decay) or sgd (Nesterov)"})
     max_lr: float | None = field(default=None, metadata={"help": "peak LR; if omitted, an LR range test picks it"})
     div_factor: float = field(default=100.0, metadata={"help": "initial LR = max_lr / div_factor"})
     final_div_factor: float = field(default=100.0, metadata={"help": "final LR = initial LR / final_div_factor"})
-    cycle_beta1: bool = field(default=True, metadata={"help": "cycle Adam's beta1 inversely to the LR"})
-    beta1_max: float = field(default=0.95, metadata={"help": "beta1 at the start and end of the cycle"})
-    beta1_min: float = field(default=0.85, metadata={"help": "beta1 at the LR peak"})
+    cycle_beta1: bool = field(default=True, metadata={"help": "cycle Adam's beta1 (SGD's momentum) inversely to the LR"})
+    beta1_max: float = field(default=0.95, metadata={"help": "beta1 (SGD: momentum) at the start and end of the cycle"})
+    beta1_min: float = field(default=0.85, metadata={"help": "beta1 (SGD: momentum) at the LR peak"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
     crop_padding: int = field(default=4, metadata={"help": "zero padding before the random 32x32 crop"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip"})
     cutout: int = field(default=8, metadata={"help": "side of the Cutout square (0 disables it)"})
     tta: bool = field(default=False, metadata={"help": "flip test-time augmentation: average the logits of each test image and its mirror"})
+    ema: float = field(default=0.0, metadata={"help": "decay of a per-step weight EMA used for evaluation and the final weights (0: off)"})
+    bn_momentum: float = field(default=0.1, metadata={"help": "batch-norm running-statistics momentum (PyTorch convention)"})
     width: int = field(default=64, metadata={"help": "channels of the prep layer (64 = the 6,573,130-parameter network)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (faster convolutions)"})
     eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})
@@ -95,6 +98,12 @@ class Config:
                 raise ConfigError(f"--{_flag(name)} must be at least 10 (one per class), got {value}")
         if not 0 < self.lr_find_start < self.lr_find_end:
             raise ConfigError("need 0 < --lr-find-start < --lr-find-end")
+        if not 0 <= self.ema < 1:
+            raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
+        if not 0 < self.bn_momentum <= 1:
+            raise ConfigError(f"--bn-momentum must be in (0, 1], got {self.bn_momentum}")
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise ConfigError(f"--optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
         if self.lr_find_mode not in ("exp", "linear"):
             raise ConfigError(f"--lr-find-mode must be exp or linear, got {self.lr_find_mode!r}")
         if self.lr_find_rule not in ("steepest", "valley", "min10"):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from resnet_ocp.augment import AugmentParams, augment_batch, normalize
-from resnet_ocp.schedule import samples_after
+from resnet_ocp.schedule import momentum_of, samples_after
 
 METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
 
@@ -78,6 +78,7 @@ def train_one_epoch(
     channels_last: bool = True,
     log_every: int = 10,
     progress: bool = True,
+    ema=None,
 ) -> dict:
     """Train for one epoch, stepping the One-Cycle schedule once per optimizer step.
 
@@ -94,6 +95,7 @@ def train_one_epoch(
         channels_last: feed channels_last inputs.
         log_every: refresh the progress bar every this many optimizer steps.
         progress: show a tqdm bar (main process only).
+        ema: a ``torch.optim.swa_utils.AveragedModel`` updated after every optimizer step.
 
     Returns:
         ``loss``, ``accuracy`` (fraction), ``rows`` (one dict per optimizer step for
@@ -120,7 +122,7 @@ def train_one_epoch(
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 group = optimizer.param_groups[0]
-                applied.append((group["lr"], group["betas"][0]))
+                applied.append((group["lr"], momentum_of(group)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         detached = loss.detach()
@@ -131,6 +133,8 @@ def train_one_epoch(
         if accelerator.sync_gradients:
             # One scheduler step per optimizer step, whatever the process count (see schedule.py).
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(accelerator.unwrap_model(model))
             step_losses.append(torch.stack(micro_losses).mean())
             micro_losses = []
             if len(step_losses) % log_every == 0 or len(step_losses) * accelerator.gradient_accumulation_steps >= len(loader):

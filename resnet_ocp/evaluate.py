@@ -39,7 +39,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
     tta = cfg.tta if tta is None else tta
     cifar = load_cifar(data or cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = CustomResNet(num_classes=len(cifar.classes), width=cfg.width)
+    model = CustomResNet(num_classes=len(cifar.classes), width=cfg.width, bn_momentum=cfg.bn_momentum)
     model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     model = model.to(device).eval()
     if cfg.channels_last:

@@ -14,20 +14,20 @@ from torch import nn
 class ConvBlock(nn.Sequential):
     """3x3 convolution, optional 2x2 max-pool, batch norm, ReLU (pool before BN, as in the spec)."""
 
-    def __init__(self, c_in: int, c_out: int, pool: bool = False) -> None:
+    def __init__(self, c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> None:
         layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)]
         if pool:
             layers.append(nn.MaxPool2d(2))
-        layers += [nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+        layers += [nn.BatchNorm2d(c_out, momentum=bn_momentum), nn.ReLU(inplace=True)]
         super().__init__(*layers)
 
 
 class Residual(nn.Module):
     """Identity shortcut around two conv-BN-ReLU blocks: ``x + body(x)``."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, bn_momentum: float = 0.1) -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvBlock(channels, channels), ConvBlock(channels, channels))
+        self.body = nn.Sequential(ConvBlock(channels, channels, bn_momentum=bn_momentum), ConvBlock(channels, channels, bn_momentum=bn_momentum))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -39,15 +39,16 @@ class CustomResNet(nn.Module):
     Args:
         num_classes: size of the output layer.
         width: channels of the prep layer; the stages use 2x, 4x and 8x this.
+        bn_momentum: momentum of every batch norm's running statistics.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1) -> None:
         super().__init__()
-        w = width
-        self.prep = ConvBlock(3, w)
-        self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True), Residual(2 * w))
-        self.layer2 = ConvBlock(2 * w, 4 * w, pool=True)
-        self.layer3 = nn.Sequential(ConvBlock(4 * w, 8 * w, pool=True), Residual(8 * w))
+        w, m = width, bn_momentum
+        self.prep = ConvBlock(3, w, bn_momentum=m)
+        self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, bn_momentum=m), Residual(2 * w, m))
+        self.layer2 = ConvBlock(2 * w, 4 * w, pool=True, bn_momentum=m)
+        self.layer3 = nn.Sequential(ConvBlock(4 * w, 8 * w, pool=True, bn_momentum=m), Residual(8 * w, m))
         self.pool = nn.MaxPool2d(4)
         self.fc = nn.Linear(8 * w, num_classes)
 

@@ -192,7 +192,7 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
     plot_curves(read_json(run_dir / "history.json"), run_dir / "curves.png")
     written += [run_dir / "schedule.png", run_dir / "curves.png"]
     data = data or load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
-    model = CustomResNet(num_classes=len(data.classes), width=cfg.width)
+    model = CustomResNet(num_classes=len(data.classes), width=cfg.width, bn_momentum=cfg.bn_momentum)
     model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     model.eval()
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)

@@ -27,17 +27,27 @@ def samples_after(step_in_epoch: int, epoch: int, n_train: int, batch_size: int)
     return (epoch - 1) * n_train + min(step_in_epoch * batch_size, n_train)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Adam:
-    """Adam with beta1 at the top of its cycle.
+def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
+    """The run's optimizer with its momentum (Adam's beta1) at the top of its cycle.
+
+    ``adam`` (the reference) adds weight decay to the gradient (L2); ``adamw`` decouples it
+    (Loshchilov & Hutter); ``sgd`` is Nesterov SGD as in Page's "How to train your ResNet".
 
     Args:
         model: the network.
-        cfg: run configuration (weight decay, beta1 range).
+        cfg: run configuration (optimizer, weight decay, beta1 range).
         lr: initial LR (the One-Cycle scheduler overwrites it when built).
     """
-    return torch.optim.Adam(
-        model.parameters(), lr=lr or cfg.lr_find_start, betas=(cfg.beta1_max, 0.999), weight_decay=cfg.weight_decay
-    )
+    lr = lr or cfg.lr_find_start
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.beta1_max, nesterov=True, weight_decay=cfg.weight_decay)
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=lr, betas=(cfg.beta1_max, 0.999), weight_decay=cfg.weight_decay)
+
+
+def momentum_of(group: dict) -> float:
+    """The momentum a param group applies: Adam's beta1 or SGD's momentum."""
+    return group["betas"][0] if "betas" in group else group["momentum"]
 
 
 def build_one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, n_train: int) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -74,7 +84,7 @@ def schedule_trace(cfg: Config, max_lr: float, n_train: int) -> list[tuple[float
     trace = []
     for _ in range(sched.total_steps):
         group = opt.param_groups[0]
-        trace.append((group["lr"], group["betas"][0]))
+        trace.append((group["lr"], momentum_of(group)))
         opt.step()
         sched.step()
     return trace

@@ -150,7 +150,7 @@ def run(cfg: Config) -> dict:
     accelerator.print(f"config:\n{cfg.to_json()}")
 
     set_seed(cfg.seed)
-    model = CustomResNet(num_classes=len(data.classes), width=cfg.width)
+    model = CustomResNet(num_classes=len(data.classes), width=cfg.width, bn_momentum=cfg.bn_momentum)
     accelerator.print(summary(model))
     accelerator.print(f"trainable parameters: {count_parameters(model):,}")
     if cfg.channels_last:
@@ -186,6 +186,13 @@ def run(cfg: Config) -> dict:
     accelerator.project_configuration.logging_dir = str(run_dir)
     accelerator.init_trackers("tensorboard", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()})
 
+    ema = None
+    if cfg.ema > 0:
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        # Buffers (BN statistics) are averaged too, so the EMA model evaluates without a BN re-estimation pass.
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        accelerator.register_for_checkpointing(ema)
     history: list[dict] = []
     rows: list[dict] = []
     start_epoch = 1
@@ -211,10 +218,12 @@ def run(cfg: Config) -> dict:
             accelerator, model, optimizer, scheduler, train_loader, train_split, params,
             epoch=epoch, step_offset=len(rows), batch_size=cfg.batch_size, padding=cfg.crop_padding,
             cutout_size=cfg.cutout, label_smoothing=cfg.label_smoothing, channels_last=cfg.channels_last,
-            log_every=cfg.log_every, progress=cfg.progress,
+            log_every=cfg.log_every, progress=cfg.progress, ema=ema,
         )
         eval_start = time.perf_counter()
-        test = evaluate(accelerator, model, test_loader, test_split, metric, channels_last=cfg.channels_last, tta=cfg.tta)
+        with accelerator.autocast():
+            test = evaluate(accelerator, ema.module if ema else model, test_loader, test_split, metric,
+                            channels_last=cfg.channels_last, tta=cfg.tta)
         eval_seconds = time.perf_counter() - eval_start
         accelerator.print(
             f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} ({100 * test['accuracy']:.2f}%)"
@@ -237,7 +246,7 @@ def run(cfg: Config) -> dict:
     if cfg.last_epoch < cfg.epochs:
         accelerator.print(f"stopped after epoch {cfg.last_epoch} of {cfg.epochs}; continue with --resume {run_dir}")
     elif test is not None:
-        _finish(accelerator, model, run_dir, test, data.classes)
+        _finish(accelerator, ema.module if ema else model, run_dir, test, data.classes)
         result["final_accuracy"] = test["accuracy"]
         if accelerator.is_main_process:
             from resnet_ocp.report import make_report

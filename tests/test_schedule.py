@@ -47,3 +47,15 @@ def test_beta1_cycling_can_be_turned_off():
     """--no-cycle-beta1 keeps beta1 at beta1_max throughout."""
     trace = schedule_trace(Config(epochs=2, peak_epoch=1, cycle_beta1=False), max_lr=0.1, n_train=2048)
     assert {t[1] for t in trace} == {0.95}
+
+
+@pytest.mark.parametrize("name, kind", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_each_optimizer_cycles_its_momentum(name, kind):
+    """Adam, AdamW and Nesterov SGD all get the One-Cycle LR and momentum (beta1 or momentum)."""
+    from resnet_ocp.schedule import build_optimizer
+
+    cfg = Config(epochs=2, peak_epoch=1, optimizer=name, weight_decay=5e-4)
+    assert type(build_optimizer(torch.nn.Linear(2, 2), cfg)) is kind
+    trace = schedule_trace(cfg, max_lr=0.1, n_train=1024)
+    assert trace[0][1] == pytest.approx(0.95) and min(t[1] for t in trace) == pytest.approx(0.85)
+    assert max(t[0] for t in trace) == pytest.approx(0.1)

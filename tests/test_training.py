@@ -203,3 +203,35 @@ def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_config(re
     (out / "steps.csv").unlink()
     main(["--resume", str(out), "--no-progress"])
     assert (out / "steps.csv").read_text() == (Path(reference_run["run_dir"]) / "steps.csv").read_text()
+
+
+def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, cache_dir, tmp_path):
+    """With --ema the evaluated model is the EMA: its saved weights reproduce the recorded
+    accuracy, and a split run resumes the EMA state exactly."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    from resnet_ocp.evaluate import evaluate_run
+
+    def reset():
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        PartialState._reset_state()
+
+    whole = tmp_path / "ema_whole"
+    result = _one_process(tiny_data, cache_dir, whole, "--ema", "0.9")
+    reset()
+    assert evaluate_run(whole)["accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
+    split = tmp_path / "ema_split"
+    _one_process(tiny_data, cache_dir, split, "--ema", "0.9", "--stop-after-epoch", "1")
+    reset()
+    main(["--resume", str(split), "--no-progress"])
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bn_momentum_reaches_every_batch_norm():
+    """--bn-momentum sets the running-statistics momentum of all eight batch norms."""
+    from resnet_ocp.model import CustomResNet
+
+    bns = [m for m in CustomResNet(width=8, bn_momentum=0.4).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 8 and {m.momentum for m in bns} == {0.4}
