@@ -56,3 +56,12 @@ def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_
             main(argv)
         assert fragment in capsys.readouterr().err
     assert open(f"{run_dir}/history.json").read() == before[1]
+
+
+def test_readme_documents_every_option():
+    """Each Config field has a row in the README's options table."""
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    missing = [f.name for f in dataclasses.fields(Config) if f"| `--{f.name.replace('_', '-')}` |" not in readme]
+    assert missing == []
