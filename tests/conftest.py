@@ -65,15 +65,20 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Accelerate keeps process-wide singletons; each in-process run starts from scratch."""
+def reset_accelerate() -> None:
+    """Forget Accelerate's process-wide singletons so the next in-process run starts afresh."""
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     PartialState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Every test starts and ends without Accelerate state left by another."""
+    yield
+    reset_accelerate()
 
 
 def tiny_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
@@ -88,15 +93,11 @@ def tiny_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def finished_run(tiny_data, cache_dir, tmp_path_factory) -> dict:
     """One finished 1-process tiny run (with the LR range test), shared by read-only tests."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     from resnet_ocp.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "finished"
     args = tiny_args(tiny_data, cache_dir, out)
     args = [a for a in args if a not in ("--max-lr", "0.02")] + ["--lr-find-iters", "30", "--lr-find-end", "0.5"]
     result = main(args)
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
     return result

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, tiny_args
+from conftest import REPO, reset_accelerate, tiny_args
 from resnet_ocp.checkpoint import read_steps
 from resnet_ocp.cli import main
 from resnet_ocp.config import Config
@@ -26,12 +26,8 @@ def _one_process(tiny_data, cache_dir, out: Path, *extra: str) -> dict:
 @pytest.fixture(scope="module")
 def reference_run(tiny_data, cache_dir, tmp_path_factory):
     """The uninterrupted 1-process run that the resumed and the 2-process runs must match."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     result = _one_process(tiny_data, cache_dir, tmp_path_factory.mktemp("ref") / "run")
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
     return result
 
 
@@ -82,14 +78,10 @@ def test_it_learns_the_tiny_task(reference_run):
 
 def test_resume_equals_uninterrupted(reference_run, tiny_data, cache_dir, tmp_path):
     """Stopping after epoch 1 and resuming gives the same steps.csv and bit-identical weights."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     out = tmp_path / "split"
     first = _one_process(tiny_data, cache_dir, out, "--stop-after-epoch", "1")
     assert len(first["history"]) == 1 and not (out / "model.safetensors").exists()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
     resumed = main(["--resume", str(out), "--no-progress"])
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     ref = Path(reference_run["run_dir"])
@@ -193,11 +185,7 @@ def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_config(re
 
     out = tmp_path / "early"
     _one_process(tiny_data, cache_dir, out, "--stop-after-epoch", "1")
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    PartialState._reset_state()
+    reset_accelerate()
     shutil.rmtree(out / "checkpoints")
     (out / "history.json").unlink()
     (out / "steps.csv").unlink()
@@ -208,22 +196,15 @@ def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_config(re
 def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, cache_dir, tmp_path):
     """With --ema the evaluated model is the EMA: its saved weights reproduce the recorded
     accuracy, and a split run resumes the EMA state exactly."""
-    from accelerate.state import AcceleratorState, GradientState, PartialState
-
     from resnet_ocp.evaluate import evaluate_run
-
-    def reset():
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-        PartialState._reset_state()
 
     whole = tmp_path / "ema_whole"
     result = _one_process(tiny_data, cache_dir, whole, "--ema", "0.9")
-    reset()
+    reset_accelerate()
     assert evaluate_run(whole)["accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
     split = tmp_path / "ema_split"
     _one_process(tiny_data, cache_dir, split, "--ema", "0.9", "--stop-after-epoch", "1")
-    reset()
+    reset_accelerate()
     main(["--resume", str(split), "--no-progress"])
     a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
