@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the textbook pipeline")
     parser.add_argument("--quick", action="store_true", help="3 timed steps: under two minutes on 2 CPU cores")
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file the record is appended to")
+    parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/resnet_ocp)")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 3
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     accelerator = Accelerator(cpu=not _has_accelerator_device())
     cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3)
-    data = load_cifar(args.data, train_samples=None)
+    data = load_cifar(args.data, args.cache_dir)
     bare = bare_step(accelerator, cfg, args.steps, warmup=2)
     ours = our_step(accelerator, cfg, data, args.steps)
     textbook = textbook_step(cfg, data, args.steps, args.workers)

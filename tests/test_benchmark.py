@@ -1,0 +1,27 @@
+"""benchmarks/throughput.py --quick runs end to end and records every figure."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+COLUMNS = ("bare_step_img_s", "our_step_img_s", "textbook_step_img_s", "our_pipeline_img_s", "textbook_pipeline_img_s",
+           "peak_memory_mb", "ours_over_bare", "ours_over_textbook", "pipeline_ours_over_textbook")
+
+
+def test_quick_benchmark_writes_a_complete_positive_record(tiny_data, cache_dir, tmp_path):
+    """A tiny --quick run appends one JSON line with the command, versions, machine and
+    every throughput figure and ratio, all positive, and prints the three comparisons."""
+    results = tmp_path / "results.jsonl"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--quick", "--data", str(tiny_data), "--width", "8",
+           "--batch-size", "20", "--workers", "0", "--cache-dir", str(cache_dir), "--results", str(results)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["steps"] == 3 and record["batch_size"] == 20 and "--quick" in record["command"]
+    assert record["versions"]["torch"] and record["machine"]
+    assert all(record[c] > 0 for c in COLUMNS), {c: record[c] for c in COLUMNS}
+    assert record["ours_over_bare"] == record["our_step_img_s"] / record["bare_step_img_s"]
+    for line in ("(a) bare step", "(b) our step", "(c) textbook step", "(d) pipelines"):
+        assert line in proc.stdout
