@@ -43,13 +43,16 @@ def plot_lr_finder(result: dict, path: Path) -> None:
     ax.plot(lrs, result["losses"], color="0.75", lw=1, label="loss per step")
     ax.plot(lrs, smoothed, color="C0", lw=2, label="smoothed loss")
     finite = smoothed[np.isfinite(smoothed)]
+    raw = np.asarray(result["losses"], dtype=float)
+    raw = raw[np.isfinite(raw)]
     if len(finite):
         # Clip the divergence so the falling part, where the suggestion lies, fills the plot.
-        ax.set_ylim(max(finite.min() - 0.1 * abs(finite.min()), 0), min(finite.max(), 3 * finite[: max(len(finite) // 2, 1)].max()) * 1.05)
-    for name, lr in (result.get("suggestions") or {}).items():
-        if lr is not None and name != result["rule"]:
-            ax.axvline(lr, color="0.5", ls=":", lw=1)
-            ax.text(lr, ax.get_ylim()[1], f" {name}: {lr:.2g}", rotation=90, va="top", ha="right", fontsize=8, color="0.3")
+        low = min(finite.min(), raw.min() if len(raw) else finite.min())
+        ax.set_ylim(max(low - 0.05 * abs(low), 0), min(finite.max(), 3 * finite[: max(len(finite) // 2, 1)].max()) * 1.05)
+    # Other rules go into the legend, not beside their lines: their LRs are often close (valley and min10 within 3% on CIFAR-10).
+    others = [(n, lr) for n, lr in (result.get("suggestions") or {}).items() if lr is not None and n != result["rule"]]
+    for (name, lr), style, color in zip(others, (":", "-."), ("C2", "C4")):
+        ax.axvline(lr, color=color, ls=style, lw=1.2, label=f"{name} rule: {lr:.3g}")
     if result["suggested_lr"] is not None:
         ax.axvline(result["suggested_lr"], color="C3", ls="--", label=f"suggested ({result['rule']}): {result['suggested_lr']:.3g}")
     else:
