@@ -61,7 +61,7 @@ class Config:
     lr_find_start: float = field(default=1e-5, metadata={"help": "first LR of the range test"})
     lr_find_end: float = field(default=1.0, metadata={"help": "last LR of the range test"})
     lr_find_mode: str = field(default="exp", metadata={"help": "LR sweep: exp (geometric steps) or linear"})
-    lr_find_rule: str = field(default="steepest", metadata={"help": "suggestion rule: steepest, valley or min10"})
+    lr_find_rule: str = field(default="valley", metadata={"help": "suggestion rule: valley (default, chosen on real data), steepest or min10"})
     lr_find_only: bool = field(default=False, metadata={"help": "run the LR range test, write its files and stop"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many per-epoch checkpoints to keep"})

@@ -9,9 +9,12 @@ scaler and RNG exactly as it found them.
 
 Suggestion rules, on the smoothed curve without its first ``skip_start`` and last
 ``skip_end`` points and without non-finite losses:
+- ``valley`` (default): fastai's rule: two thirds into the longest falling stretch of the curve;
 - ``steepest``: the LR where the loss falls fastest against log(LR) (torch-lr-finder's rule);
-- ``valley``: fastai's rule: two thirds into the longest falling stretch of the curve;
 - ``min10``: the LR of the lowest loss divided by 10 (the classic rule of thumb).
+On real CIFAR-10 (README, "How the default was chosen") valley's LR gave 49.2% on a 4-epoch
+proxy, min10's 47.5%, steepest's 17.5%: steepest picks the very start of the sweep, where the
+untrained network's loss (4.5) falls fast at any LR.
 """
 
 from __future__ import annotations
@@ -116,7 +119,7 @@ def range_test(
     mode: str = "exp",
     beta: float = 0.98,
     diverge_factor: float = 4.0,
-    rule: str = "steepest",
+    rule: str = "valley",
     seed: int = 0,
     progress: bool = False,
     padding: int = 4,
