@@ -95,6 +95,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
     for ax in (a, b):
         ax.legend()
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     _save(fig, Path(path))
 
 
