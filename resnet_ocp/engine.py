@@ -60,6 +60,25 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: torch.Ten
     return logits
 
 
+def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentParams, idx: torch.Tensor, *, padding: int,
+                  cutout_size: int, label_smoothing: float = 0.0, channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment the samples ``idx``, run the model, and return ``(loss, logits)``; shared by
+    training and the LR range test so both see exactly the same batches and loss.
+
+    Args:
+        model: the (prepared) network in train mode.
+        data: the training split on the device.
+        params: the epoch's augmentation draws for every training sample.
+        idx: sample indices of the micro-batch (on the device).
+        padding, cutout_size: augmentation settings.
+        label_smoothing: cross-entropy label smoothing.
+        channels_last: feed channels_last inputs.
+    """
+    x = augment_batch(data.images[idx], params[idx], data.mean, data.std, padding, cutout_size)
+    logits = model(_inputs(x, channels_last))
+    return F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=label_smoothing), logits
+
+
 def train_one_epoch(
     accelerator,
     model: torch.nn.Module,
@@ -115,10 +134,9 @@ def train_one_epoch(
     bar = tqdm(total=len(loader), disable=not (progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
     for idx in loader:
         with accelerator.accumulate(model):
-            x = augment_batch(data.images[idx], params[idx], data.mean, data.std, padding, cutout_size)
+            loss, logits = training_loss(model, data, params, idx, padding=padding, cutout_size=cutout_size,
+                                         label_smoothing=label_smoothing, channels_last=channels_last)
             y = data.labels[idx]
-            logits = model(_inputs(x, channels_last))
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 group = optimizer.param_groups[0]

@@ -20,6 +20,39 @@ from resnet_ocp.engine import load_accuracy_metric, predict_logits
 from resnet_ocp.model import CustomResNet
 
 
+def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """The network of a finished run with its ``model.safetensors`` weights, in eval mode.
+
+    Args:
+        run_dir: the run directory.
+        cfg: its config (width, BN momentum, memory format).
+        num_classes: output classes.
+        device: where to put it.
+    """
+    from safetensors.torch import load_file
+
+    model = CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum)
+    model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
+    model = model.to(device).eval()
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+@torch.no_grad()
+def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: bool, batch_size: int = 1000) -> torch.Tensor:
+    """float32 logits (on the CPU) of uint8 ``images`` in batches, on the model's device.
+
+    Args:
+        model: a network from ``load_trained``.
+        images: uint8 [N, 3, 32, 32].
+        cfg: the run's config (memory format).
+        tta: flip test-time augmentation.
+        batch_size: images per forward pass.
+    """
+    device = next(model.parameters()).device
+    mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
+    return torch.cat([predict_logits(model, b.to(device), mean, std, cfg.channels_last, tta).cpu() for b in images.split(batch_size)])
+
+
 def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None = None, batch_size: int = 1000) -> dict:
     """Accuracy and loss of a finished run's weights on its test split.
 
@@ -32,24 +65,12 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
     Returns:
         ``accuracy``, ``correct``, ``total``, ``loss`` and ``recorded`` (history's last test accuracy, if any).
     """
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     cfg = Config.from_dict(read_json(run_dir / "config.json"))
     tta = cfg.tta if tta is None else tta
     cifar = load_cifar(data or cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = CustomResNet(num_classes=len(cifar.classes), width=cfg.width, bn_momentum=cfg.bn_momentum)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    model = model.to(device).eval()
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
-    with torch.no_grad():
-        logits = torch.cat([
-            predict_logits(model, batch.to(device), mean, std, cfg.channels_last, tta).cpu()
-            for batch in cifar.test.images.split(batch_size)
-        ])
+    model = load_trained(run_dir, cfg, len(cifar.classes), "cuda" if torch.cuda.is_available() else "cpu")
+    logits = test_logits(model, cifar.test.images, cfg, tta, batch_size)
     labels = cifar.test.labels
     preds = logits.argmax(1)
     accuracy = float(load_accuracy_metric().compute(predictions=preds.numpy(), references=labels.numpy())["accuracy"])

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from resnet_ocp.augment import augment_batch, epoch_params
+from resnet_ocp.augment import epoch_params
+from resnet_ocp.engine import training_loss
 
 RULES = ("steepest", "valley", "min10")
 # First epoch number of the range test's shuffling and augmentation draws: far from the
@@ -172,9 +172,8 @@ def range_test(
                     epoch += 1
                     batches = iter(loader)
                     idx = next(batches)
-                x = augment_batch(data.images[idx], params[idx], data.mean, data.std, padding, cutout_size)
-                x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-                loss = F.cross_entropy(model(x).float(), data.labels[idx], label_smoothing=label_smoothing)
+                loss, _ = training_loss(model, data, params, idx, padding=padding, cutout_size=cutout_size,
+                                        label_smoothing=label_smoothing, channels_last=channels_last)
                 accelerator.backward(loss)  # divides by the accumulation steps itself
                 step_loss += loss.detach() / accelerator.gradient_accumulation_steps
             optimizer.step()

@@ -180,11 +180,10 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
     Returns:
         The PNG paths written.
     """
-    from safetensors.torch import load_file
-
+    from resnet_ocp.augment import normalize
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.evaluate import load_trained, test_logits
 
     run_dir = Path(run_dir)
     cfg = Config.from_dict(read_json(run_dir / "config.json"))
@@ -196,16 +195,10 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
     plot_curves(read_json(run_dir / "history.json"), run_dir / "curves.png")
     written += [run_dir / "schedule.png", run_dir / "curves.png"]
     data = data or load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
-    model = CustomResNet(num_classes=len(data.classes), width=cfg.width, bn_momentum=cfg.bn_momentum)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    model.eval()
+    model = load_trained(run_dir, cfg, len(data.classes))
+    conf, pred = test_logits(model, data.test.images, cfg, cfg.tta).softmax(1).max(1)
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
-    from resnet_ocp.augment import normalize
-    from resnet_ocp.engine import predict_logits
 
-    with torch.no_grad():
-        probs = torch.cat([predict_logits(model, b, mean, std, False, cfg.tta).softmax(1) for b in data.test.images.split(1000)])
-    conf, pred = probs.max(1)
     labels = data.test.labels
     m = confusion(labels.numpy(), pred.numpy(), len(data.classes))
     plot_confusion(m, data.classes, run_dir / "confusion_matrix.png")
