@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from resnet_ocp.model import CustomResNet
 from resnet_ocp.report import confusion, grad_cam
 from resnet_ocp.report import main as report_main
 
@@ -37,7 +38,6 @@ def test_misclassified_grid_holds_only_misclassified_samples(finished_run, tiny_
     accuracy agrees with the confusion matrix."""
     from resnet_ocp.augment import normalize
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
-    from resnet_ocp.model import CustomResNet
 
     run = Path(finished_run["run_dir"])
     shown = json.loads((run / "misclassified.json").read_text())["indices"]
@@ -62,16 +62,10 @@ def test_confusion_counts():
 def test_grad_cam_maps_are_normalised_heat_maps():
     """Grad-CAM gives one [0, 1] map per image at input resolution, peaking at 1."""
     torch.manual_seed(0)
-    model = CustomResNet_small()
+    model = CustomResNet(width=8)
     cam = grad_cam(model, torch.randn(3, 3, 32, 32), torch.tensor([1, 2, 3]))
     assert cam.shape == (3, 32, 32) and cam.min() >= 0
     assert torch.all((cam.flatten(1).max(1).values == 1) | (cam.flatten(1).max(1).values == 0))
-
-
-def CustomResNet_small():
-    from resnet_ocp.model import CustomResNet
-
-    return CustomResNet(width=8)
 
 
 def test_report_command_regenerates_pictures_and_refuses_unfinished_dirs(finished_run, tmp_path, capsys):
