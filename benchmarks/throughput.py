@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.trainer import _has_accelerator_device
+    from resnet_ocp.launch import _has_accelerator_device
 
     accelerator = Accelerator(cpu=not _has_accelerator_device())
     cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3)

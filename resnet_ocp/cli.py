@@ -16,8 +16,9 @@ from pathlib import Path
 from resnet_ocp.checkpoint import read_json
 from resnet_ocp.config import RESUME_FREE_FIELDS, Config, ConfigError
 from resnet_ocp.data import DataError
+from resnet_ocp.launch import RunError
 from resnet_ocp.lr_finder import LRFinderError
-from resnet_ocp.trainer import RunError, run
+from resnet_ocp.trainer import run
 
 
 def build_parser() -> argparse.ArgumentParser:

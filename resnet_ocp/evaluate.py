@@ -17,6 +17,7 @@ from resnet_ocp.checkpoint import read_json
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
 from resnet_ocp.engine import load_accuracy_metric, predict_logits
+from resnet_ocp.launch import last_session
 from resnet_ocp.model import CustomResNet
 
 
@@ -37,30 +38,44 @@ def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: tor
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 
 
+def run_precision(run_dir: str | Path) -> str:
+    """The mixed precision a run's last session trained and evaluated in (``no`` before run.json existed)."""
+    session = last_session(run_dir)
+    return session["mixed_precision"] if session else "no"
+
+
 @torch.no_grad()
-def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: bool, batch_size: int = 1000) -> torch.Tensor:
+def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: bool, batch_size: int | None = None,
+                precision: str = "no") -> torch.Tensor:
     """float32 logits (on the CPU) of uint8 ``images`` in batches, on the model's device.
 
     Args:
         model: a network from ``load_trained``.
         images: uint8 [N, 3, 32, 32].
-        cfg: the run's config (memory format).
+        cfg: the run's config (memory format, evaluation batch).
         tta: flip test-time augmentation.
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (default: the run's ``--eval-batch-size``, the same
+            batches as the run's own evaluation, so that kernels and results match exactly).
+        precision: ``no``, ``bf16`` or ``fp16`` autocast, as Accelerate names them.
     """
     device = next(model.parameters()).device
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
-    return torch.cat([predict_logits(model, b.to(device), mean, std, cfg.channels_last, tta).cpu() for b in images.split(batch_size)])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return torch.cat([predict_logits(model, b.to(device), mean, std, cfg.channels_last, tta).cpu()
+                          for b in images.split(batch_size or cfg.eval_batch_size)])
 
 
-def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None = None, batch_size: int = 1000) -> dict:
+def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None = None, batch_size: int | None = None,
+                 precision: str | None = None) -> dict:
     """Accuracy and loss of a finished run's weights on its test split.
 
     Args:
         run_dir: a finished run directory.
         data: dataset source (default: the run's ``--data``).
         tta: flip test-time augmentation (default: the run's ``--tta``).
-        batch_size: evaluation batch.
+        batch_size: evaluation batch (default: the run's).
+        precision: autocast precision (default: the one the run was evaluated in, from run.json).
 
     Returns:
         ``accuracy``, ``correct``, ``total``, ``loss`` and ``recorded`` (history's last test accuracy, if any).
@@ -70,14 +85,15 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
     tta = cfg.tta if tta is None else tta
     cifar = load_cifar(data or cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     model = load_trained(run_dir, cfg, len(cifar.classes), "cuda" if torch.cuda.is_available() else "cpu")
-    logits = test_logits(model, cifar.test.images, cfg, tta, batch_size)
+    precision = precision or run_precision(run_dir)
+    logits = test_logits(model, cifar.test.images, cfg, tta, batch_size, precision)
     labels = cifar.test.labels
     preds = logits.argmax(1)
     accuracy = float(load_accuracy_metric().compute(predictions=preds.numpy(), references=labels.numpy())["accuracy"])
     history = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else []
     return {
         "accuracy": accuracy, "correct": int((preds == labels).sum()), "total": len(labels),
-        "loss": float(torch.nn.functional.cross_entropy(logits, labels)), "tta": tta,
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)), "tta": tta, "precision": precision,
         # A record made with the other TTA setting is not comparable.
         "recorded": history[-1]["test_accuracy"] if history and tta == cfg.tta else None,
     }
@@ -89,15 +105,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
     parser.add_argument("--data", help="dataset source (default: the run's --data)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA (default: the run's setting)")
+    parser.add_argument("--precision", choices=("no", "bf16", "fp16"), help="autocast precision (default: the run's, from run.json)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     missing = [f for f in ("config.json", "model.safetensors") if not (run_dir / f).exists()]
     if missing:
         print(f"error: {run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py", file=sys.stderr)
         raise SystemExit(2)
-    result = evaluate_run(run_dir, args.data, args.tta)
+    result = evaluate_run(run_dir, args.data, args.tta, precision=args.precision)
     print(f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['correct']}/{result['total']} "
-          f"({100 * result['accuracy']:.2f}%){' with flip TTA' if result['tta'] else ''}")
+          f"({100 * result['accuracy']:.2f}%){' with flip TTA' if result['tta'] else ''}, precision {result['precision']}")
     if result["recorded"] is not None:
         same = abs(result["recorded"] - result["accuracy"]) < 0.5 / result["total"]
         print(f"recorded in history.json: {100 * result['recorded']:.2f}% ({'matches' if same else 'DIFFERS'})")

@@ -4,7 +4,8 @@
 files and saved weights without retraining: ``lr_finder.png``, ``schedule.png`` (LR and beta1
 as the optimizer applied them, from steps.csv), ``curves.png``, ``misclassified.png``,
 ``confusion_matrix.png`` (with per-class accuracy, also in ``per_class_accuracy.json``) and
-``gradcam.png``.
+``gradcam.png``, plus ``summary.json``: final and best test accuracy and the first epoch (and
+minutes) at which the run reached 90, 92 and 94%.
 """
 
 from __future__ import annotations
@@ -80,6 +81,39 @@ def plot_schedule(steps: list[dict], peak_epoch: float, path: Path) -> None:
     ax2.set_ylabel("beta1 (momentum)", color="C1")
     ax.set_title("One-Cycle schedule as applied by the optimizer")
     _save(fig, Path(path))
+
+
+def summarize(history: list[dict], targets: tuple[float, ...] = (0.90, 0.92, 0.94)) -> dict:
+    """Final and best test accuracy, and for each target the first epoch that reached it.
+
+    ``seconds`` counts training and test passes (history's per-epoch ``seconds``), not start-up
+    or the LR range test, so runs on one machine compare by their epochs' cost alone.
+
+    Args:
+        history: a run's ``history.json`` records.
+        targets: test-accuracy fractions to report the time to.
+    """
+    best = max(history, key=lambda h: h["test_accuracy"])
+    elapsed = np.cumsum([h["seconds"] for h in history])
+    reached = {}
+    for target in targets:
+        first = next((i for i, h in enumerate(history) if h["test_accuracy"] >= target), None)
+        reached[f"{target:.2f}"] = None if first is None else {"epoch": history[first]["epoch"], "seconds": round(float(elapsed[first]), 1)}
+    return {
+        "epochs": history[-1]["epoch"], "final_accuracy": history[-1]["test_accuracy"],
+        "best_accuracy": best["test_accuracy"], "best_epoch": best["epoch"],
+        "seconds": round(float(elapsed[-1]), 1), "first_reached": reached,
+    }
+
+
+def describe(summary: dict) -> str:
+    """One line per fact of ``summarize``'s result, for the end of a run's log."""
+    lines = [f"final test accuracy {100 * summary['final_accuracy']:.2f}% after {summary['epochs']} epochs "
+             f"({summary['seconds'] / 60:.1f} min of epochs); best {100 * summary['best_accuracy']:.2f}% at epoch {summary['best_epoch']}"]
+    for target, hit in summary["first_reached"].items():
+        when = "not reached" if hit is None else f"epoch {hit['epoch']}, after {hit['seconds'] / 60:.1f} min"
+        lines.append(f"first >= {100 * float(target):.0f}%: {when}")
+    return "\n".join(lines)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -169,13 +203,15 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> t
     return (cam / peak[:, None, None]).detach()
 
 
-def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Path]:
+def make_report(run_dir: str | Path, data=None, max_images: int = 20, predictions=None) -> list[Path]:
     """Write every picture of a finished run from its files and ``model.safetensors``.
 
     Args:
         run_dir: the run directory.
         data: a loaded ``data.Cifar`` (default: loaded from the run's config).
         max_images: how many misclassified images to show.
+        predictions: ``(predicted class, confidence)`` per test image in dataset order, as the
+            run's last evaluation made them (default: recomputed from the weights).
 
     Returns:
         The PNG paths written.
@@ -183,7 +219,7 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
     from resnet_ocp.augment import normalize
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.evaluate import load_trained, test_logits
+    from resnet_ocp.evaluate import load_trained, run_precision, test_logits
 
     run_dir = Path(run_dir)
     cfg = Config.from_dict(read_json(run_dir / "config.json"))
@@ -192,11 +228,16 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20) -> list[Pa
         plot_lr_finder(read_json(run_dir / "lr_finder.json"), run_dir / "lr_finder.png")
         written.append(run_dir / "lr_finder.png")
     plot_schedule(read_steps(run_dir / "steps.csv"), cfg.peak_epoch, run_dir / "schedule.png")
-    plot_curves(read_json(run_dir / "history.json"), run_dir / "curves.png")
+    history = read_json(run_dir / "history.json")
+    write_json(run_dir / "summary.json", summarize(history))
+    plot_curves(history, run_dir / "curves.png")
     written += [run_dir / "schedule.png", run_dir / "curves.png"]
     data = data or load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     model = load_trained(run_dir, cfg, len(data.classes))
-    conf, pred = test_logits(model, data.test.images, cfg, cfg.tta).softmax(1).max(1)
+    if predictions is None:
+        conf, pred = test_logits(model, data.test.images, cfg, cfg.tta, precision=run_precision(run_dir)).softmax(1).max(1)
+    else:
+        pred, conf = predictions
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
 
     labels = data.test.labels

@@ -1,21 +1,21 @@
 """A whole run: data, model, LR range test, One-Cycle training, checkpoints and run directory.
 
 Run-directory contract (later commands such as ``report`` rely on it): ``config.json``,
+``run.json`` (precision, processes, device and versions of each start or resume),
 ``history.json``, ``steps.csv``, ``tensorboard/``, ``checkpoints/``, ``model.safetensors``,
-``predictions.csv`` and, when the range test ran, ``lr_finder.json``.
+``predictions.csv``, ``summary.json`` and, when the range test ran, ``lr_finder.json``.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 
 from resnet_ocp.augment import epoch_params
 from resnet_ocp.checkpoint import (
@@ -30,87 +30,9 @@ from resnet_ocp.checkpoint import (
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
 from resnet_ocp.engine import DeviceSplit, evaluate, load_accuracy_metric, train_one_epoch
+from resnet_ocp.launch import RunError, make_accelerator, record_session
 from resnet_ocp.model import CustomResNet, count_parameters, summary
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
-
-
-class RunError(RuntimeError):
-    """A run cannot start or go on; the message is one line saying what to do."""
-
-
-def _has_accelerator_device() -> bool:
-    if hasattr(torch, "accelerator"):
-        return torch.accelerator.is_available()
-    return torch.cuda.is_available()
-
-
-def make_accelerator(cfg: Config) -> Accelerator:
-    """The Accelerator of a run. Mixed precision and the process layout come from the
-    ``accelerate launch`` config; on a machine without an accelerator device it is told
-    ``cpu=True`` so that a torchrun-style launch of N processes forms one gloo group."""
-    try:
-            accelerator = Accelerator(
-            cpu=not _has_accelerator_device(),
-            gradient_accumulation_steps=cfg.grad_accum,
-            step_scheduler_with_optimizer=False,
-            log_with="tensorboard",
-            # Placeholder: the run directory is agreed across processes later (see _run_dir).
-            project_config=ProjectConfiguration(project_dir=".", logging_dir="."),
-        )
-    except ValueError as exc:  # e.g. WORLD_SIZE set without MASTER_ADDR: a launch problem
-        raise RunError(
-            f"Accelerate could not set up the processes: {str(exc).splitlines()[0]}; "
-            "launch with accelerate launch --config_file accelerate_configs/<config>.yaml"
-        ) from exc
-    check_world_size(accelerator.num_processes, os.environ)
-    warning = slow_precision_warning(accelerator.device.type, accelerator.mixed_precision)
-    if warning:
-        accelerator.print(warning)
-    if cfg.batch_size % (accelerator.num_processes * cfg.grad_accum):
-        raise RunError(
-            f"--batch-size {cfg.batch_size} is not divisible by {accelerator.num_processes} processes x "
-            f"--grad-accum {cfg.grad_accum}; choose a multiple of {accelerator.num_processes * cfg.grad_accum}"
-        )
-    return accelerator
-
-
-def slow_precision_warning(device_type: str, mixed_precision: str, bf16_native: bool | None = None) -> str | None:
-    """A warning when bf16 autocast is asked for on a CPU that only emulates bf16.
-
-    Measured on an AVX2-only AMD EPYC: 2.8 img/s in bf16 against 45.6 img/s in fp32 (benchmarks/cpu_precision.py), a 2-hour
-    run turned into days; the user must hear about it at the start, not after an epoch.
-
-    Args:
-        device_type: the training device's type (``cpu``, ``cuda``...).
-        mixed_precision: Accelerate's mixed precision (``no``, ``fp16``, ``bf16``).
-        bf16_native: whether the CPU has native bf16 (default: ask oneDNN).
-    """
-    if device_type != "cpu" or mixed_precision != "bf16":
-        return None
-    if bf16_native is None:
-        bf16_native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if bf16_native:
-        return None
-    return (
-        f"WARNING: bf16 autocast on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}): about 15x slower "
-        "than fp32 here; use --config_file accelerate_configs/cpu.yaml (fp32)"
-    )
-
-
-def check_world_size(num_processes: int, environ) -> None:
-    """Refuse a process that the launcher counted as one of several but Accelerate sees alone:
-    it would train on all the data into the same run directory as its siblings.
-
-    Args:
-        num_processes: processes the Accelerator sees.
-        environ: the environment (``os.environ``) as set by the launcher.
-    """
-    world = int(environ.get("WORLD_SIZE", "1"))
-    if world > 1 and num_processes == 1:
-        raise RunError(
-            f"the environment says WORLD_SIZE={world} but Accelerate sees 1 process, so each process would train alone "
-            "on all the data; on CPUs launch with --config_file accelerate_configs/cpu_multi.yaml"
-        )
 
 
 def _run_dir(accelerator: Accelerator, cfg: Config) -> Path:
@@ -143,6 +65,7 @@ def run(cfg: Config) -> dict:
     run_dir = _run_dir(accelerator, cfg)
     accelerator.print(f"resnet_ocp run in {run_dir}: {accelerator.num_processes} process(es), {accelerator.distributed_type}, "
                       f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
+    record_session(accelerator, run_dir)
     with accelerator.main_process_first():
         data = load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     n_train, n_test = len(data.train), len(data.test)
@@ -249,9 +172,13 @@ def run(cfg: Config) -> dict:
         _finish(accelerator, ema.module if ema else model, run_dir, test, data.classes)
         result["final_accuracy"] = test["accuracy"]
         if accelerator.is_main_process:
-            from resnet_ocp.report import make_report
+            from resnet_ocp.report import describe, make_report, summarize
 
-            pictures = make_report(run_dir, data=data)
+            accelerator.print(describe(summarize(history)))
+
+            # The last evaluation's predictions, not a second pass over the test set (66 s on this CPU in fp32).
+            order = test["indices"].argsort()
+            pictures = make_report(run_dir, data=data, predictions=(test["predictions"][order], test["confidences"][order]))
             accelerator.print("pictures: " + ", ".join(p.name for p in pictures))
             _log_picture(accelerator, run_dir / "misclassified.png", cfg.epochs)
         accelerator.wait_for_everyone()

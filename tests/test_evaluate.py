@@ -1,8 +1,12 @@
 """`python -m resnet_ocp.evaluate RUN_DIR` reproduces the recorded accuracy from the saved weights."""
 
+import json
+
 import pytest
 import torch
 
+from conftest import reset_accelerate, tiny_args
+from resnet_ocp.cli import main
 from resnet_ocp.engine import predict_logits
 from resnet_ocp.evaluate import main as evaluate_main
 from resnet_ocp.model import CustomResNet
@@ -15,6 +19,20 @@ def test_saved_weights_reproduce_the_recorded_accuracy(finished_run, capsys):
     assert result["accuracy"] == pytest.approx(finished_run["history"][-1]["test_accuracy"], abs=1e-9)
     out = capsys.readouterr().out
     assert f"Accuracy: {result['correct']}/100" in out and "(matches)" in out
+
+
+def test_bf16_run_is_reproduced_in_bf16(tiny_data, cache_dir, tmp_path, monkeypatch, capsys):
+    """A run trained and evaluated under bf16 autocast records it in run.json, and the evaluate
+    command reproduces its accuracy in bf16 by default (an fp32 pass may differ by a few images)."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = main(tiny_args(tiny_data, cache_dir, tmp_path / "bf16", "--epochs", "1", "--peak-epoch", "0.5"))
+    reset_accelerate()
+    sessions = json.loads((tmp_path / "bf16" / "run.json").read_text())["sessions"]
+    assert [s["mixed_precision"] for s in sessions] == ["bf16"] and sessions[0]["num_processes"] == 1
+    evaluated = evaluate_main([str(tmp_path / "bf16")])
+    assert evaluated["precision"] == "bf16"
+    assert evaluated["accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
+    assert "precision bf16" in capsys.readouterr().out
 
 
 def test_flip_tta_averages_the_image_and_its_mirror():

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from resnet_ocp.model import CustomResNet
-from resnet_ocp.report import confusion, grad_cam
+from resnet_ocp.report import confusion, describe, grad_cam, summarize
 from resnet_ocp.report import main as report_main
 
 EXPECTED = {  # figsize x dpi 100
@@ -73,9 +73,33 @@ def test_report_command_regenerates_pictures_and_refuses_unfinished_dirs(finishe
     finished run gets one error line."""
     run = Path(finished_run["run_dir"])
     (run / "curves.png").unlink()
+    at_run_end = (run / "per_class_accuracy.json").read_text(), (run / "misclassified.json").read_text()
     written = report_main([str(run)])
     assert run / "curves.png" in written and (run / "curves.png").exists()
+    # The run's end reused its last evaluation; recomputing from the weights gives the same figures.
+    assert ((run / "per_class_accuracy.json").read_text(), (run / "misclassified.json").read_text()) == at_run_end
     with pytest.raises(SystemExit) as info:
         report_main([str(tmp_path)])
     assert info.value.code == 2
     assert "lacks config.json" in capsys.readouterr().err
+
+
+def test_summary_reports_the_first_epoch_and_time_at_each_target():
+    """summarize: final/best accuracy, and per target the first epoch reaching it with the
+    cumulative epoch seconds up to it; a target never reached is None."""
+    accs = [0.80, 0.905, 0.89, 0.921, 0.93]
+    history = [{"epoch": i + 1, "test_accuracy": a, "seconds": 100.0 + i} for i, a in enumerate(accs)]
+    s = summarize(history)
+    assert s["final_accuracy"] == 0.93 and s["best_accuracy"] == 0.93 and s["best_epoch"] == 5 and s["epochs"] == 5
+    assert s["first_reached"] == {"0.90": {"epoch": 2, "seconds": 201.0}, "0.92": {"epoch": 4, "seconds": 406.0}, "0.94": None}
+    assert s["seconds"] == 510.0
+    assert "first >= 90%: epoch 2, after 3.4 min" in describe(s) and "first >= 94%: not reached" in describe(s)
+
+
+def test_finished_run_writes_its_summary(finished_run):
+    """summary.json of a finished run agrees with its history.json."""
+    run = Path(finished_run["run_dir"])
+    summary = json.loads((run / "summary.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    assert summary == summarize(history)
+    assert summary["final_accuracy"] == finished_run["final_accuracy"]

@@ -33,7 +33,8 @@ def reference_run(tiny_data, cache_dir, tmp_path_factory):
 
 def test_run_directory_contract(reference_run):
     """config.json, history.json (one record per epoch, fractions), steps.csv, tensorboard
-    events, per-epoch checkpoints, model.safetensors and predictions.csv are all written."""
+    events, per-epoch checkpoints, model.safetensors, predictions.csv and run.json (one session,
+    its precision and versions) are all written."""
     run = Path(reference_run["run_dir"])
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["max_lr"] == 0.02 and cfg["epochs"] == 2
@@ -53,6 +54,8 @@ def test_run_directory_contract(reference_run):
     assert weights["fc.weight"].shape == (10, 64)
     lines = (run / "predictions.csv").read_text().splitlines()
     assert lines[0] == "index,label,prediction,confidence" and len(lines) == 101
+    (session,) = json.loads((run / "run.json").read_text())["sessions"]
+    assert session["mixed_precision"] == "no" and session["num_processes"] == 1 and session["torch"] == torch.__version__
 
 
 def test_applied_lr_and_beta1_follow_the_schedule_to_its_end(reference_run):
@@ -77,7 +80,8 @@ def test_it_learns_the_tiny_task(reference_run):
 
 
 def test_resume_equals_uninterrupted(reference_run, tiny_data, cache_dir, tmp_path):
-    """Stopping after epoch 1 and resuming gives the same steps.csv and bit-identical weights."""
+    """Stopping after epoch 1 and resuming gives the same steps.csv and bit-identical weights;
+    run.json records both sessions."""
     out = tmp_path / "split"
     first = _one_process(tiny_data, cache_dir, out, "--stop-after-epoch", "1")
     assert len(first["history"]) == 1 and not (out / "model.safetensors").exists()
@@ -88,6 +92,7 @@ def test_resume_equals_uninterrupted(reference_run, tiny_data, cache_dir, tmp_pa
     assert (out / "steps.csv").read_text() == (ref / "steps.csv").read_text()
     a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(json.loads((out / "run.json").read_text())["sessions"]) == 2
 
 
 def _free_port() -> int:
@@ -134,7 +139,7 @@ def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
 def test_lone_process_in_a_multi_process_world_is_refused():
     """A process whose environment says WORLD_SIZE=2 but whose Accelerator sees one process
     (a launch that fell back to DistributedType.NO) is refused with one line."""
-    from resnet_ocp.trainer import RunError, check_world_size
+    from resnet_ocp.launch import RunError, check_world_size
 
     with pytest.raises(RunError, match="WORLD_SIZE=2 but Accelerate sees 1 process"):
         check_world_size(1, {"WORLD_SIZE": "2"})
@@ -169,10 +174,10 @@ def test_gradient_accumulation_keeps_the_schedule(reference_run, tiny_data, cach
 def test_emulated_bf16_on_cpu_is_warned_about():
     """bf16 on a CPU without native bf16 gets a warning naming the fp32 config; GPUs,
     fp32 and native-bf16 CPUs get none."""
-    from resnet_ocp.trainer import slow_precision_warning
+    from resnet_ocp.launch import slow_precision_warning
 
     message = slow_precision_warning("cpu", "bf16", bf16_native=False)
-    assert message.startswith("WARNING: bf16 autocast on a CPU without native bf16") and "accelerate_configs/cpu.yaml" in message
+    assert message.startswith("WARNING: bf16 autocast on a CPU without native bf16") and "accelerate_configs/cpu_fp32.yaml" in message
     assert slow_precision_warning("cpu", "bf16", bf16_native=True) is None
     assert slow_precision_warning("cpu", "no") is None
     assert slow_precision_warning("cuda", "bf16") is None
