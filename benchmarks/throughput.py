@@ -5,7 +5,10 @@
     augmentation, Accelerate-prepared model/optimizer/scheduler (``engine.train_one_epoch``);
 (c) textbook: per-sample PIL/torchvision transforms (pad+crop, flip, ToTensor, Normalize,
     cutout) in a DataLoader with workers, fp32, contiguous memory;
-(d) the input pipelines alone, no model: ours against the textbook loader.
+(d) the input pipelines alone, no model: ours against the textbook loader;
+(e) the physical limit: FLOPs of one image's training step (counted by torch's FlopCounterMode)
+    and the machine's measured matrix-multiply rate in the run's precision, so the seconds per
+    epoch the hardware allows and the fraction of it (a) and (b) reach.
 
 Prints img/s, peak memory and the ratios (b)/(a), (b)/(c), (d) ours/textbook, and appends one
 JSON line with the command, versions and machine to ``benchmarks/results.jsonl``.
@@ -135,6 +138,32 @@ def textbook_step(cfg, data, steps: int, workers: int) -> float:
     return steps * cfg.batch_size / (time.perf_counter() - start)
 
 
+def train_gflop_per_image(width: int) -> float:
+    """GFLOP of forward + backward of one image (a multiply-add counts 2), from FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from resnet_ocp.model import CustomResNet
+
+    model = CustomResNet(width=width)
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(x), y).backward()
+    return counter.get_total_flops() / 2 / 1e9
+
+
+def matmul_gflop_s(device: torch.device, dtype: torch.dtype, n: int, reps: int = 3) -> float:
+    """GFLOP/s of an n x n matrix multiply in ``dtype``: the practical compute ceiling of the device
+    (convolutions run as such GEMMs in oneDNN/cuDNN, so a step cannot beat it)."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
 def pipelines_alone(accelerator, cfg, data, n: int, workers: int) -> tuple[float, float]:
     """(d) img/s of the input pipelines with no model: ours on the device vs the textbook loader."""
     from resnet_ocp.augment import augment_batch, epoch_params
@@ -188,6 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
     ours = our_step(accelerator, cfg, data, args.steps)
     textbook = textbook_step(cfg, data, args.steps, args.workers)
     pipe_ours, pipe_textbook = pipelines_alone(accelerator, cfg, data, max(args.steps, 8) * args.batch_size, args.workers)
+    gflop = train_gflop_per_image(args.width)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+    peak = matmul_gflop_s(accelerator.device, dtype, 2048 if args.quick else 4096)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
@@ -198,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
         "our_pipeline_img_s": pipe_ours, "textbook_pipeline_img_s": pipe_textbook,
         "peak_memory_mb": _peak_mb(accelerator.device),
         "ours_over_bare": ours / bare, "ours_over_textbook": ours / textbook, "pipeline_ours_over_textbook": pipe_ours / pipe_textbook,
+        "train_gflop_per_image": gflop, "matmul_gflop_s": peak, "matmul_dtype": str(dtype).removeprefix("torch."),
+        "bare_fraction_of_matmul": bare * gflop / peak, "ours_fraction_of_matmul": ours * gflop / peak,
+        "epoch_seconds_at_matmul_rate": 50_000 * gflop / peak, "our_epoch_seconds": 50_000 / ours,
     }
     if accelerator.is_main_process:
         print(f"(a) bare step      {bare:10.1f} img/s")
@@ -205,6 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"(c) textbook step  {textbook:10.1f} img/s   (b)/(c) = {record['ours_over_textbook']:.2f}")
         ratio = record["pipeline_ours_over_textbook"]
         print(f"(d) pipelines      ours {pipe_ours:,.0f} img/s, textbook {pipe_textbook:,.0f} img/s, ratio {ratio:.1f}")
+        print(f"(e) limit          {gflop:.3f} GFLOP per training image; {record['matmul_dtype']} matmul {peak:,.0f} GFLOP/s -> "
+              f"{record['epoch_seconds_at_matmul_rate']:.0f} s per 50k-image epoch at that rate, ours {record['our_epoch_seconds']:.0f} s; "
+              f"(a) reaches {100 * record['bare_fraction_of_matmul']:.0f}%, (b) {100 * record['ours_fraction_of_matmul']:.0f}% of it")
         print(f"peak memory {record['peak_memory_mb']:.0f} MB; mixed precision {accelerator.mixed_precision}")
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")

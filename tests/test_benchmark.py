@@ -7,7 +7,9 @@ import sys
 from conftest import REPO
 
 COLUMNS = ("bare_step_img_s", "our_step_img_s", "textbook_step_img_s", "our_pipeline_img_s", "textbook_pipeline_img_s",
-           "peak_memory_mb", "ours_over_bare", "ours_over_textbook", "pipeline_ours_over_textbook")
+           "peak_memory_mb", "ours_over_bare", "ours_over_textbook", "pipeline_ours_over_textbook",
+           "train_gflop_per_image", "matmul_gflop_s", "bare_fraction_of_matmul", "ours_fraction_of_matmul",
+           "epoch_seconds_at_matmul_rate", "our_epoch_seconds")
 
 
 def test_quick_benchmark_writes_a_complete_positive_record(tiny_data, cache_dir, tmp_path):
@@ -23,5 +25,15 @@ def test_quick_benchmark_writes_a_complete_positive_record(tiny_data, cache_dir,
     assert record["versions"]["torch"] and record["machine"]
     assert all(record[c] > 0 for c in COLUMNS), {c: record[c] for c in COLUMNS}
     assert record["ours_over_bare"] == record["our_step_img_s"] / record["bare_step_img_s"]
-    for line in ("(a) bare step", "(b) our step", "(c) textbook step", "(d) pipelines"):
+    assert record["epoch_seconds_at_matmul_rate"] == 50_000 * record["train_gflop_per_image"] / record["matmul_gflop_s"]
+    for line in ("(a) bare step", "(b) our step", "(c) textbook step", "(d) pipelines", "(e) limit"):
         assert line in proc.stdout
+
+
+def test_training_flops_of_the_full_network():
+    """One image's forward + backward costs 2.272 GFLOP: about three times the forward's 0.759 GFLOP
+    (backward computes gradients of the inputs and of the weights), counted by FlopCounterMode."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import train_gflop_per_image
+
+    assert round(train_gflop_per_image(64), 3) == 2.272
