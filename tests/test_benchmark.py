@@ -1,8 +1,11 @@
-"""benchmarks/throughput.py --quick runs end to end and records every figure."""
+"""The benchmarks: throughput.py --quick records every figure; ablations.py fills its table."""
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -37,3 +40,29 @@ def test_training_flops_of_the_full_network():
     from throughput import train_gflop_per_image
 
     assert round(train_gflop_per_image(64), 3) == 2.272
+
+
+def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_path):
+    """benchmarks/ablations.py trains each variant once into its own run directory, evaluates
+    flip TTA from the baseline's weights, records each finished variant once, and prints a
+    table whose deltas are differences to the baseline; a second call trains nothing."""
+    runs, results = tmp_path / "ablate", tmp_path / "ablations.jsonl"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ablations.py"), "--data", str(tiny_data), "--runs-dir", str(runs),
+           "--max-lr", "0.02", "--epochs", "2", "--only", "baseline", "tta", "label_smoothing", "--results", str(results),
+           "--config-file", "accelerate_configs/cpu_fp32.yaml",
+           "--extra", f"--width 8 --batch-size 20 --eval-batch-size 32 --cache-dir {cache_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [r["variant"] for r in records] == ["baseline", "tta", "label_smoothing"]
+    base, smooth = records[0], records[2]
+    assert json.loads((runs / "label_smoothing" / "config.json").read_text())["label_smoothing"] == 0.2
+    assert json.loads((runs / "baseline" / "config.json").read_text())["peak_epoch"] == pytest.approx(2 * 5 / 24, abs=1e-4)
+    rows = [line for line in first.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 4 and rows[3].startswith("| label_smoothing |")
+    assert f"| {100 * (smooth['final_accuracy'] - base['final_accuracy']):+.2f} |" in rows[3]
+    again = subprocess.run([*cmd, "--table"], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert again.returncode == 0 and [line for line in again.stdout.splitlines() if line.startswith("| ")] == rows
+    assert "label_smoothing:" not in again.stdout  # nothing trained
+    assert len(results.read_text().splitlines()) == 3

@@ -1,0 +1,136 @@
+"""One-at-a-time ablations of the recipe's levers on a short proxy schedule, as a table.
+
+Each variant is the reference recipe plus a few ``train.py`` flags, trained by a real
+``accelerate launch ... train.py`` process into ``RUNS_DIR/<name>``; a finished variant is
+skipped and an interrupted one resumed, so the table fills in across sessions. Flip TTA
+needs no training: it re-evaluates the baseline's weights with ``--tta``. Every variant shares
+one peak LR (``--max-lr``, from the full-data range test) unless it sets its own, so a
+difference is the lever's, not the LR finder's noise.
+
+    python benchmarks/ablations.py --data ../shared/data/cifar10 --runs-dir ~/runs/ablate --max-lr 0.00265609
+    python benchmarks/ablations.py ... --only baseline label_smoothing   # a subset
+    python benchmarks/ablations.py ... --table                          # print the table of what finished
+
+Appends one JSON line per finished variant (once) to ``benchmarks/ablations.jsonl`` and prints a
+Markdown table (variant, flags, final and best test accuracy, delta to the baseline, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).with_name("ablations.jsonl")
+
+# name -> extra train.py flags; "tta" is evaluated from the baseline's weights instead.
+VARIANTS: dict[str, list[str]] = {
+    "baseline": [],
+    "tta": ["--tta"],
+    "label_smoothing": ["--label-smoothing", "0.2"],
+    "adam_l2": ["--weight-decay", "5e-4"],
+    "adamw": ["--optimizer", "adamw", "--weight-decay", "0.05"],
+    "beta1_constant": ["--no-cycle-beta1", "--beta1-max", "0.9"],
+    "bn_momentum": ["--bn-momentum", "0.01"],
+    "ema": ["--ema", "0.99"],
+    "sgd_nesterov": ["--optimizer", "sgd", "--max-lr", "0.4", "--weight-decay", "5e-4", "--no-cycle-beta1", "--beta1-max", "0.9"],
+}
+
+
+def proxy_flags(args: argparse.Namespace) -> list[str]:
+    """The proxy schedule shared by every variant: fewer epochs, the peak at the same fraction."""
+    flags = ["--data", args.data, "--epochs", str(args.epochs), "--peak-epoch", f"{args.epochs * 5 / 24:.4g}",
+             "--max-lr", str(args.max_lr), "--no-progress"]
+    if args.train_samples:
+        flags += ["--train-samples", str(args.train_samples)]
+    return flags + shlex.split(args.extra)
+
+
+def train_command(args: argparse.Namespace, name: str) -> list[str]:
+    """The accelerate launch command of one variant (its own flags after the shared ones win)."""
+    run_dir = Path(args.runs_dir) / name
+    if (run_dir / "config.json").exists():
+        return ["accelerate", "launch", "--config_file", args.config_file, "train.py", "--resume", str(run_dir), "--no-progress"]
+    return ["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args),
+            "--output-dir", str(run_dir), *VARIANTS[name]]
+
+
+def run_variant(args: argparse.Namespace, name: str) -> dict | None:
+    """Train (or resume, or skip) one variant; return its record once finished."""
+    run_dir = Path(args.runs_dir) / name
+    if name == "tta":
+        base = Path(args.runs_dir) / "baseline"
+        if not (base / "model.safetensors").exists():
+            return None
+        from resnet_ocp.evaluate import evaluate_run
+
+        result = evaluate_run(base, tta=True)
+        return {"variant": name, "flags": VARIANTS[name], "final_accuracy": result["accuracy"], "best_accuracy": None,
+                "run_dir": str(base), "command": f"python -m resnet_ocp.evaluate {base} --tta"}
+    if not (run_dir / "summary.json").exists():
+        if args.table:
+            return None
+        command = train_command(args, name)
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(command)}", flush=True)
+        log = Path(args.runs_dir) / f"{name}.log"
+        with open(log, "a") as out:
+            if subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode:
+                print(f"{name} failed; see {log}", file=sys.stderr)
+                return None
+    summary = json.loads((run_dir / "summary.json").read_text())
+    first = json.loads((run_dir / "config.json").read_text())
+    command = ["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]]
+    return {"variant": name, "flags": VARIANTS[name], "final_accuracy": summary["final_accuracy"],
+            "best_accuracy": summary["best_accuracy"], "seconds": summary["seconds"], "max_lr": first["max_lr"],
+            "run_dir": str(run_dir), "command": shlex.join(command)}
+
+
+def table(records: list[dict]) -> str:
+    """A Markdown table of the records, with each variant's delta to the baseline."""
+    base = next((r["final_accuracy"] for r in records if r["variant"] == "baseline"), None)
+    lines = ["| variant | flags | final test acc | best | delta vs baseline | command |", "|---|---|---|---|---|---|"]
+    for r in records:
+        delta = "" if base is None or r["variant"] == "baseline" else f"{100 * (r['final_accuracy'] - base):+.2f}"
+        best = "" if r["best_accuracy"] is None else f"{100 * r['best_accuracy']:.2f}%"
+        lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | {100 * r['final_accuracy']:.2f}% | {best} | {delta} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the chosen variants in order and print their table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="uoft-cs/cifar10")
+    parser.add_argument("--runs-dir", required=True, help="one run directory per variant is kept here (outside the repository)")
+    parser.add_argument("--max-lr", type=float, required=True, help="the shared peak LR (the full-data range test's suggestion)")
+    parser.add_argument("--epochs", type=int, default=8, help="proxy schedule length; the peak stays at 5/24 of it")
+    parser.add_argument("--train-samples", type=int, help="a class-balanced subset of the training set (default: all)")
+    parser.add_argument("--config-file", default="accelerate_configs/cpu.yaml")
+    parser.add_argument("--extra", default="", help="train.py flags added to every variant, one string (e.g. '--width 8' for a smoke test)")
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all, in table order)")
+    parser.add_argument("--table", action="store_true", help="train nothing: print the table of the finished variants")
+    parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file each finished variant is appended to")
+    args = parser.parse_args(argv)
+    Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
+    results = Path(args.results)
+    recorded = {(r["variant"], r.get("run_dir")) for r in map(json.loads, results.read_text().splitlines())} if results.exists() else set()
+    records = []
+    for name in args.only or list(VARIANTS):
+        record = run_variant(args, name)
+        if record is None:
+            continue
+        records.append(record)
+        if (name, record["run_dir"]) not in recorded:
+            with open(results, "a") as f:
+                f.write(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs": args.epochs,
+                                    "train_samples": args.train_samples, **record}) + "\n")
+    print(table(records))
+    return records
+
+
+if __name__ == "__main__":
+    main()
