@@ -15,6 +15,7 @@ JSON line with the command, versions and machine to ``benchmarks/results.jsonl``
 
     accelerate launch --config_file accelerate_configs/cpu.yaml benchmarks/throughput.py --data ../shared/data/cifar10
     python benchmarks/throughput.py --quick --data ../shared/data/cifar10      # < 2 minutes here
+    accelerate launch --config_file accelerate_configs/cpu.yaml benchmarks/throughput.py --data ../shared/data/cifar10 --compile
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bare_step(accelerator, cfg, steps: int, warmup: int) -> float:
-    """(a) img/s of forward+backward+Adam on a fixed device-resident batch."""
+def bare_step(accelerator, cfg, steps: int, warmup: int) -> tuple[float, float]:
+    """(a) img/s of forward+backward+Adam on a fixed device-resident batch, and the seconds of
+    the warm-up steps (which include compilation under ``--compile``)."""
     from resnet_ocp.model import CustomResNet
     from resnet_ocp.schedule import build_optimizer
 
@@ -56,6 +58,7 @@ def bare_step(accelerator, cfg, steps: int, warmup: int) -> float:
     model, opt = accelerator.prepare(model, opt)
     x = torch.randn(cfg.batch_size, 3, 32, 32, device=accelerator.device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (cfg.batch_size,), device=accelerator.device)
+    begin = time.perf_counter()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(accelerator.device)
@@ -65,11 +68,12 @@ def bare_step(accelerator, cfg, steps: int, warmup: int) -> float:
         opt.step()
         opt.zero_grad(set_to_none=True)
     _sync(accelerator.device)
-    return steps * cfg.batch_size / (time.perf_counter() - start)
+    return steps * cfg.batch_size / (time.perf_counter() - start), start - begin
 
 
-def our_step(accelerator, cfg, data, steps: int) -> float:
-    """(b) img/s of ``engine.train_one_epoch`` over ``steps`` batches (after one warm-up epoch)."""
+def our_step(accelerator, cfg, data, steps: int) -> tuple[float, float]:
+    """(b) img/s of ``engine.train_one_epoch`` over ``steps`` batches after one warm-up epoch,
+    and that warm-up epoch's seconds."""
     from resnet_ocp.augment import epoch_params
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
     from resnet_ocp.engine import DeviceSplit, train_one_epoch
@@ -85,13 +89,12 @@ def our_step(accelerator, cfg, data, steps: int) -> float:
     loader, _ = make_loaders(n, 10, cfg.batch_size // accelerator.num_processes, 10, cfg.seed)
     model, opt, loader = accelerator.prepare(model, opt, loader)
     sched = accelerator.prepare(build_one_cycle(opt.optimizer, cfg.replace(epochs=3, peak_epoch=1), 1e-3, n))
-    rates = []
-    for epoch in (1, 2):  # epoch 1 warms up (allocator, oneDNN kernels)
+    epochs = []
+    for epoch in (1, 2):  # epoch 1 warms up (allocator, oneDNN kernels, compilation)
         params = epoch_params(n, cfg.seed, epoch).to(dev)
-        out = train_one_epoch(accelerator, model, opt, sched, loader, split, params, epoch=epoch, step_offset=0,
-                              batch_size=cfg.batch_size, padding=4, cutout_size=8, progress=False)
-        rates.append(out["images_per_second"])
-    return rates[-1]
+        epochs.append(train_one_epoch(accelerator, model, opt, sched, loader, split, params, epoch=epoch, step_offset=0,
+                                      batch_size=cfg.batch_size, padding=4, cutout_size=8, progress=False))
+    return epochs[1]["images_per_second"], epochs[0]["seconds"]
 
 
 class _TextbookSet(torch.utils.data.Dataset):
@@ -200,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="3 timed steps: under two minutes on 2 CPU cores")
     parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file the record is appended to")
     parser.add_argument("--cache-dir", default=None, help="decoded-image cache (default ~/.cache/resnet_ocp)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile (inductor) the model of (a) and (b), as "
+                        "`accelerate launch --dynamo_backend inductor train.py` does; warm-up seconds include compilation")
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 3
@@ -210,11 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
     from resnet_ocp.data import load_cifar
     from resnet_ocp.launch import _has_accelerator_device
 
-    accelerator = Accelerator(cpu=not _has_accelerator_device())
+    accelerator = Accelerator(cpu=not _has_accelerator_device(), dynamo_backend="inductor" if args.compile else None)
     cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3)
     data = load_cifar(args.data, args.cache_dir)
-    bare = bare_step(accelerator, cfg, args.steps, warmup=2)
-    ours = our_step(accelerator, cfg, data, args.steps)
+    bare, bare_warmup = bare_step(accelerator, cfg, args.steps, warmup=2)
+    ours, our_warmup = our_step(accelerator, cfg, data, args.steps)
     textbook = textbook_step(cfg, data, args.steps, args.workers)
     pipe_ours, pipe_textbook = pipelines_alone(accelerator, cfg, data, max(args.steps, 8) * args.batch_size, args.workers)
     gflop = train_gflop_per_image(args.width)
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, device {accelerator.device}",
         "versions": {"torch": torch.__version__, "python": platform.python_version()},
         "mixed_precision": accelerator.mixed_precision, "batch_size": args.batch_size, "steps": args.steps, "width": args.width,
+        "compile": args.compile, "bare_warmup_s": bare_warmup, "our_warmup_epoch_s": our_warmup,
         "bare_step_img_s": bare, "our_step_img_s": ours, "textbook_step_img_s": textbook,
         "our_pipeline_img_s": pipe_ours, "textbook_pipeline_img_s": pipe_textbook,
         "peak_memory_mb": _peak_mb(accelerator.device),
@@ -243,7 +249,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"(e) limit          {gflop:.3f} GFLOP per training image; {record['matmul_dtype']} matmul {peak:,.0f} GFLOP/s -> "
               f"{record['epoch_seconds_at_matmul_rate']:.0f} s per 50k-image epoch at that rate, ours {record['our_epoch_seconds']:.0f} s; "
               f"(a) reaches {100 * record['bare_fraction_of_matmul']:.0f}%, (b) {100 * record['ours_fraction_of_matmul']:.0f}% of it")
-        print(f"peak memory {record['peak_memory_mb']:.0f} MB; mixed precision {accelerator.mixed_precision}")
+        print(f"peak memory {record['peak_memory_mb']:.0f} MB; mixed precision {accelerator.mixed_precision}; "
+              f"warm-up {bare_warmup:.1f} s (a), {our_warmup:.1f} s (b){' with torch.compile' if args.compile else ''}")
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")
     return record
