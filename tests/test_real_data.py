@@ -4,7 +4,7 @@ folder is absent, e.g. a clone without the shared data)."""
 import pytest
 import torch
 
-from conftest import REAL_DATA
+from conftest import REAL_DATA, REPO
 
 pytestmark = pytest.mark.skipif(not REAL_DATA.exists(), reason="real CIFAR-10 not beside the checkout")
 
@@ -46,3 +46,26 @@ def test_smoke_run_on_real_data(tmp_path):
     assert result["history"][-1]["test_samples"] == 200
     assert result["final_accuracy"] > 0.15
     assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def _records():
+    return sorted(p.parent for p in (REPO / "results").glob("*/model.safetensors"))
+
+
+@pytest.mark.parametrize("record", _records(), ids=lambda p: p.name)
+def test_committed_record_reproduces_its_accuracy(record, real):
+    """Every results/<name>/ record: its model.safetensors, evaluated in the precision and batches
+    the run used (run.json), gives exactly the final test accuracy of its history.json, and its
+    summary.json agrees with that history."""
+    import json
+
+    from resnet_ocp.evaluate import evaluate_run
+    from resnet_ocp.report import summarize
+
+    session = json.loads((record / "run.json").read_text())["sessions"][-1]
+    if session["mixed_precision"] == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("the record was evaluated in bf16; this CPU only emulates bf16 (16x slower than fp32, measured on an AVX2 EPYC)")
+    history = json.loads((record / "history.json").read_text())
+    result = evaluate_run(record, data=str(REAL_DATA))
+    assert result["correct"] == round(history[-1]["test_accuracy"] * 10_000)
+    assert json.loads((record / "summary.json").read_text()) == summarize(history)
