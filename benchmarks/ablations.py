@@ -83,10 +83,10 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
                 print(f"{name} failed; see {log}", file=sys.stderr)
                 return None
     summary = json.loads((run_dir / "summary.json").read_text())
-    first = json.loads((run_dir / "config.json").read_text())
+    saved = json.loads((run_dir / "config.json").read_text())
     command = ["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]]
     return {"variant": name, "flags": VARIANTS[name], "final_accuracy": summary["final_accuracy"],
-            "best_accuracy": summary["best_accuracy"], "seconds": summary["seconds"], "max_lr": first["max_lr"],
+            "best_accuracy": summary["best_accuracy"], "seconds": summary["seconds"], "max_lr": saved["max_lr"],
             "run_dir": str(run_dir), "command": shlex.join(command)}
 
 
