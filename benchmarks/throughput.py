@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import sys
@@ -213,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.launch import _has_accelerator_device
+    from resnet_ocp.launch import _has_accelerator_device, environment
 
     accelerator = Accelerator(cpu=not _has_accelerator_device(), dynamo_backend="inductor" if args.compile else None)
     cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3)
@@ -225,11 +224,12 @@ def main(argv: list[str] | None = None) -> dict:
     gflop = train_gflop_per_image(args.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     peak = matmul_gflop_s(accelerator.device, dtype, 2048 if args.quick else 4096)
+    env = environment(accelerator)
     record = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, device {accelerator.device}",
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "machine": f"{env['device_name']} ({env['cpu_capability']}), {os.cpu_count()} cpus, device {env['device']}",
+        "versions": {k: env[k] for k in ("torch", "accelerate", "python")},
         # Allocator settings change every step's page faults; glibc.malloc.hugetlb=1 measured slower here (151.6 vs 166.1 img/s bare).
         "allocator_env": {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD") if k in os.environ},
         "mixed_precision": accelerator.mixed_precision, "batch_size": args.batch_size, "steps": args.steps, "width": args.width,

@@ -37,12 +37,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
     ``accelerate launch`` config; on a machine without an accelerator device it is told
     ``cpu=True`` so that a torchrun-style launch of N processes forms one gloo group."""
     try:
-            accelerator = Accelerator(
+        accelerator = Accelerator(
             cpu=not _has_accelerator_device(),
             gradient_accumulation_steps=cfg.grad_accum,
             step_scheduler_with_optimizer=False,
             log_with="tensorboard",
-            # Placeholder: the run directory is agreed across processes later (see _run_dir).
+            # Placeholder: the run directory is agreed across processes later (trainer._run_dir).
             project_config=ProjectConfiguration(project_dir=".", logging_dir="."),
         )
     except ValueError as exc:  # e.g. WORLD_SIZE set without MASTER_ADDR: a launch problem
