@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 from resnet_ocp.checkpoint import read_json
-from resnet_ocp.config import RESUME_FREE_FIELDS, Config, ConfigError
+from resnet_ocp.config import PRESETS, RESUME_FREE_FIELDS, Config, ConfigError
 from resnet_ocp.data import DataError
 from resnet_ocp.launch import RunError
 from resnet_ocp.lr_finder import LRFinderError
@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the CIFAR-10 ResNet with One-Cycle through Accelerate. Defaults are the reference recipe.",
         argument_default=argparse.SUPPRESS,
     )
+    parser.add_argument("--preset", metavar="NAME", help=f"named recipe under the options given: {', '.join(PRESETS)} (default: reference)")
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         kind, optional = _base_type(hints[f.name])
@@ -53,10 +54,14 @@ def resolve_config(given: dict) -> Config:
     the saved config of that run (options other than resume-free ones must not contradict it).
 
     Args:
-        given: options given explicitly on the command line, by field name.
+        given: options given explicitly on the command line, by field name, plus ``preset``.
     """
+    given = dict(given)
+    preset = given.pop("preset", None)
     if "resume" not in given:
-        return Config(**given)
+        return Config.from_preset(preset or "reference", **given)
+    if preset is not None:
+        raise RunError("--preset applies to a new run only; a resumed run keeps its saved config: drop --preset")
     run_dir = Path(given["resume"])
     saved_file = run_dir / "config.json"
     if not saved_file.exists():

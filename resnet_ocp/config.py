@@ -15,6 +15,15 @@ from typing import Any
 # Fields that may differ between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("resume", "stop_after_epoch", "progress")
 
+# Named recipes: field values applied over the defaults, under any explicitly given option
+# (``--preset fast --epochs 10`` trains 10 epochs). Each value here was measured; README
+# "Results" has the runs and the ablation table behind them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "reference": {},
+    "fast": {"epochs": 8, "peak_epoch": 1.667, "optimizer": "sgd", "max_lr": 0.4, "weight_decay": 5e-4,
+             "cycle_beta1": False, "beta1_max": 0.9, "label_smoothing": 0.2, "logit_scale": 0.125, "tta": True},
+}
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message is one line saying how to fix it."""
@@ -52,6 +61,7 @@ class Config:
     tta: bool = field(default=False, metadata={"help": "flip test-time augmentation: average the logits of each test image and its mirror"})
     ema: float = field(default=0.0, metadata={"help": "decay of a per-step weight EMA used for evaluation and the final weights (0: off)"})
     bn_momentum: float = field(default=0.1, metadata={"help": "batch-norm running-statistics momentum (PyTorch convention)"})
+    logit_scale: float = field(default=1.0, metadata={"help": "constant multiplying the FC output (Page's ResNet: 0.125; needed for SGD's large LRs)"})
     width: int = field(default=64, metadata={"help": "channels of the prep layer (64 = the 6,573,130-parameter network)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (faster convolutions)"})
     eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})
@@ -100,6 +110,8 @@ class Config:
             raise ConfigError("need 0 < --lr-find-start < --lr-find-end")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
+        if not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
+            raise ConfigError(f"--logit-scale must be a positive number, got {self.logit_scale}")
         if not 0 < self.bn_momentum <= 1:
             raise ConfigError(f"--bn-momentum must be in (0, 1], got {self.bn_momentum}")
         if self.optimizer not in ("adam", "adamw", "sgd"):
@@ -126,6 +138,18 @@ class Config:
     def to_json(self) -> str:
         """The fields as indented JSON, for ``config.json`` and the start-of-run print."""
         return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Config:
+        """The named recipe's values over the defaults, then ``overrides`` over those.
+
+        Args:
+            name: a key of ``PRESETS`` ("reference" is the plain defaults).
+            overrides: field values that win over the preset's.
+        """
+        if name not in PRESETS:
+            raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+        return cls(**{**PRESETS[name], **overrides})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Config:

@@ -32,7 +32,7 @@ def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: tor
     """
     from safetensors.torch import load_file
 
-    model = CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum)
+    model = CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale)
     model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

@@ -40,10 +40,15 @@ class CustomResNet(nn.Module):
         num_classes: size of the output layer.
         width: channels of the prep layer; the stages use 2x, 4x and 8x this.
         bn_momentum: momentum of every batch norm's running statistics.
+        logit_scale: constant the FC output is multiplied by (no parameters). Page's ResNet
+            uses 0.125: the FC layer is the one layer batch norm does not normalise, and its
+            512 pooled features make an SGD step move the logits by roughly lr x 500 at scale 1
+            (our SGD range test diverged from LR 0.01 there).
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1, logit_scale: float = 1.0) -> None:
         super().__init__()
+        self.logit_scale = logit_scale
         w, m = width, bn_momentum
         self.prep = ConvBlock(3, w, bn_momentum=m)
         self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, bn_momentum=m), Residual(2 * w, m))
@@ -57,7 +62,7 @@ class CustomResNet(nn.Module):
         return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1)) * self.logit_scale
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -73,7 +73,7 @@ def run(cfg: Config) -> dict:
     accelerator.print(f"config:\n{cfg.to_json()}")
 
     set_seed(cfg.seed)
-    model = CustomResNet(num_classes=len(data.classes), width=cfg.width, bn_momentum=cfg.bn_momentum)
+    model = CustomResNet(num_classes=len(data.classes), width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale)
     accelerator.print(summary(model))
     accelerator.print(f"trainable parameters: {count_parameters(model):,}")
     if cfg.channels_last:

@@ -65,3 +65,22 @@ def test_readme_documents_every_option():
     readme = (REPO / "README.md").read_text()
     missing = [f.name for f in dataclasses.fields(Config) if f"| `--{f.name.replace('_', '-')}` |" not in readme]
     assert missing == []
+
+
+def test_preset_sets_values_under_the_explicit_options(capsys):
+    """``--preset fast`` applies the fast recipe's values over the defaults, an option given
+    explicitly wins over the preset, and an unknown preset or a preset on a resume is one line."""
+    from resnet_ocp.cli import resolve_config
+    from resnet_ocp.config import PRESETS
+
+    fast = PRESETS["fast"]
+    assert fast and resolve_config({"preset": "reference"}) == Config()
+    cfg = resolve_config({"preset": "fast", "epochs": 10})
+    assert cfg.epochs == 10
+    assert {k: getattr(cfg, k) for k in fast if k != "epochs"} == {k: v for k, v in fast.items() if k != "epochs"}
+    for argv, fragment in [(["--preset", "turbo"], "--preset must be one of reference, fast"),
+                           (["--preset", "fast", "--resume", "/tmp"], "--preset applies to a new run only")]:
+        with pytest.raises(SystemExit):
+            main(argv)
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and fragment in err and "\n" not in err

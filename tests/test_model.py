@@ -60,3 +60,18 @@ def test_width_scales_every_stage():
     model = CustomResNet(width=8)
     assert model.fc.in_features == 64
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_logit_scale_multiplies_the_output_and_adds_no_parameters():
+    """``logit_scale`` (Page's 0.125) scales the logits by a constant, leaves the parameter
+    count at 6,573,130 and the predictions (argmax) unchanged for the same weights."""
+    torch.manual_seed(0)
+    plain = CustomResNet().eval()
+    scaled = CustomResNet(logit_scale=0.125).eval()
+    scaled.load_state_dict(plain.state_dict())
+    assert count_parameters(scaled) == 6_573_130
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        a, b = plain(x), scaled(x)
+    torch.testing.assert_close(b, a * 0.125)
+    assert torch.equal(a.argmax(1), b.argmax(1))
