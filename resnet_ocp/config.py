@@ -61,7 +61,7 @@ class Config:
     tta: bool = field(default=False, metadata={"help": "flip test-time augmentation: average the logits of each test image and its mirror"})
     ema: float = field(default=0.0, metadata={"help": "decay of a per-step weight EMA used for evaluation and the final weights (0: off)"})
     bn_momentum: float = field(default=0.1, metadata={"help": "batch-norm running-statistics momentum (PyTorch convention)"})
-    logit_scale: float = field(default=1.0, metadata={"help": "constant multiplying the FC output (Page's ResNet: 0.125, which SGD's large LRs need)"})
+    logit_scale: float = field(default=1.0, metadata={"help": "constant times the FC output (Page's ResNet: 0.125, which SGD's large LRs need)"})
     width: int = field(default=64, metadata={"help": "channels of the prep layer (64 = the 6,573,130-parameter network)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (faster convolutions)"})
     eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})
