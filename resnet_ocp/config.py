@@ -20,8 +20,12 @@ RESUME_FREE_FIELDS = ("resume", "stop_after_epoch", "progress")
 # "Results" has the runs and the ablation table behind them.
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": {},
+    # 92.11% after 8 epochs (results/fast-8ep): Page's SGD settings with his 0.125 logit scale,
+    # label smoothing and flip TTA; no Cutout, because at 8 epochs the network underfits (with
+    # Cutout: 91.59%, augmented train accuracy level with test accuracy).
     "fast": {"epochs": 8, "peak_epoch": 1.667, "optimizer": "sgd", "max_lr": 0.4, "weight_decay": 5e-4,
-             "cycle_beta1": False, "beta1_max": 0.9, "label_smoothing": 0.2, "logit_scale": 0.125, "tta": True},
+             "cycle_beta1": False, "beta1_max": 0.9, "label_smoothing": 0.2, "logit_scale": 0.125, "tta": True,
+             "cutout": 0},
 }
 
 
