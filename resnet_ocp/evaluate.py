@@ -18,7 +18,7 @@ from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
 from resnet_ocp.engine import load_accuracy_metric, predict_logits
 from resnet_ocp.launch import last_session
-from resnet_ocp.model import CustomResNet
+from resnet_ocp.model import for_config
 
 
 def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -32,7 +32,7 @@ def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: tor
     """
     from safetensors.torch import load_file
 
-    model = CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale)
+    model = for_config(cfg, num_classes)
     model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model

@@ -65,6 +65,17 @@ class CustomResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(x)), 1)) * self.logit_scale
 
 
+def for_config(cfg, num_classes: int) -> CustomResNet:
+    """The network a run's configuration describes; training and ``evaluate`` both build it
+    here, so a new architecture option cannot reach one and miss the other.
+
+    Args:
+        cfg: a ``resnet_ocp.config.Config`` (width, bn_momentum, logit_scale).
+        num_classes: size of the output layer.
+    """
+    return CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -31,7 +31,7 @@ from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
 from resnet_ocp.engine import DeviceSplit, evaluate, load_accuracy_metric, train_one_epoch
 from resnet_ocp.launch import RunError, make_accelerator, record_session
-from resnet_ocp.model import CustomResNet, count_parameters, summary
+from resnet_ocp.model import count_parameters, for_config, summary
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
 
 
@@ -73,7 +73,7 @@ def run(cfg: Config) -> dict:
     accelerator.print(f"config:\n{cfg.to_json()}")
 
     set_seed(cfg.seed)
-    model = CustomResNet(num_classes=len(data.classes), width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale)
+    model = for_config(cfg, len(data.classes))
     accelerator.print(summary(model))
     accelerator.print(f"trainable parameters: {count_parameters(model):,}")
     if cfg.channels_last:
