@@ -29,10 +29,14 @@ from resnet_ocp.checkpoint import (
 )
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
-from resnet_ocp.engine import DeviceSplit, evaluate, load_accuracy_metric, train_one_epoch
+from resnet_ocp.engine import DeviceSplit, evaluate, load_accuracy_metric, recompute_bn_stats, train_one_epoch
 from resnet_ocp.launch import RunError, make_accelerator, record_session
 from resnet_ocp.model import count_parameters, for_config, summary
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
+
+# Training images whose statistics the EMA model's batch norms get before each evaluation: 512 to
+# 4,096 all gave 71.3-71.7% at epoch 2 of the proxy (recompute_bn_stats); 1,024 cost about 2 s of a 340 s epoch.
+EMA_BN_IMAGES = 1024
 
 
 def _run_dir(accelerator: Accelerator, cfg: Config) -> Path:
@@ -113,8 +117,9 @@ def run(cfg: Config) -> dict:
     if cfg.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        # Buffers (BN statistics) are averaged too, so the EMA model evaluates without a BN re-estimation pass.
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        # BN statistics are not averaged (averaged ones scored 32% where the live model scored 70%):
+        # they are recomputed for the averaged weights before each evaluation, see recompute_bn_stats.
+        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
         accelerator.register_for_checkpointing(ema)
     history: list[dict] = []
     rows: list[dict] = []
@@ -145,6 +150,8 @@ def run(cfg: Config) -> dict:
         )
         eval_start = time.perf_counter()
         with accelerator.autocast():
+            if ema is not None:
+                recompute_bn_stats(ema.module, train_split, EMA_BN_IMAGES, cfg.eval_batch_size, cfg.channels_last)
             test = evaluate(accelerator, ema.module if ema else model, test_loader, test_split, metric,
                             channels_last=cfg.channels_last, tta=cfg.tta)
         eval_seconds = time.perf_counter() - eval_start

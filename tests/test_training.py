@@ -215,6 +215,36 @@ def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, cache_dir, tmp_pat
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_recomputed_bn_stats_are_those_of_the_given_images():
+    """After recompute_bn_stats on one batch, whatever the buffers held before, the network in
+    eval mode computes what train mode computes on that batch (the running statistics are the
+    batch's), each BN keeps its momentum, and the network is left in eval mode."""
+    import copy
+
+    from resnet_ocp.augment import normalize
+    from resnet_ocp.engine import DeviceSplit, recompute_bn_stats
+    from resnet_ocp.model import CustomResNet
+
+    torch.manual_seed(0)
+    model = CustomResNet(width=8, bn_momentum=0.3)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:  # stale statistics, as an average of other weights' buffers would be
+        m.running_mean.fill_(3.0)
+        m.running_var.fill_(0.05)
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    with torch.no_grad():
+        expected = copy.deepcopy(model).train()(normalize(images, mean, std))
+        model.eval()
+        stale = model(normalize(images, mean, std))
+        recompute_bn_stats(model, DeviceSplit(images, torch.zeros(64, dtype=torch.long), mean, std), 1000, 64, channels_last=False)
+        got = model(normalize(images, mean, std))
+    assert not torch.allclose(stale, expected, atol=1e-2)
+    # running_var is the unbiased variance (n / (n - 1), n >= 64 * 4 * 4), train mode uses the biased one
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
+    assert {m.momentum for m in bns} == {0.3} and not model.training
+
+
 def test_bn_momentum_reaches_every_batch_norm():
     """--bn-momentum sets the running-statistics momentum of all eight batch norms."""
     from resnet_ocp.model import CustomResNet
