@@ -181,7 +181,6 @@ def train_one_epoch(
     }
 
 
-@torch.no_grad()
 def recompute_bn_stats(model: torch.nn.Module, data: DeviceSplit, n_images: int, batch_size: int,
                        channels_last: bool = True) -> None:
     """Set every BatchNorm's running statistics to those of ``model``'s own activations on the
@@ -191,25 +190,20 @@ def recompute_bn_stats(model: torch.nn.Module, data: DeviceSplit, n_images: int,
     0.99) that also averaged the BN buffers scored 32.2% on 2,000 test images, the EMA weights
     with the live model's buffers 41.4%, the live model 70.4%, and the EMA weights with
     statistics recomputed here 71.7% from 512 images and 71.3% from 4,096 (measured).
+    torch's ``update_bn`` does the work (reset, cumulative average, momenta and mode restored);
+    this feeds it our uint8 device images in the training input format.
 
     Args:
-        model: the network whose BatchNorm buffers are replaced; left in eval mode.
+        model: the network whose BatchNorm buffers are replaced; keeps its train/eval mode.
         data: a split on the model's device.
         n_images: how many images (all of the split if it has fewer).
         batch_size: images per forward pass.
         channels_last: feed channels_last inputs.
     """
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches, not an EMA of them
-    model.train()
-    for batch in data.images[:n_images].split(batch_size):
-        model(_inputs(normalize(batch, data.mean, data.std), channels_last))
-    for m, momentum in zip(bns, momenta):
-        m.momentum = momentum
-    model.eval()
+    from torch.optim.swa_utils import update_bn
+
+    batches = (_inputs(normalize(b, data.mean, data.std), channels_last) for b in data.images[:n_images].split(batch_size))
+    update_bn(batches, model)
 
 
 @torch.no_grad()

@@ -1,12 +1,13 @@
 """The command line: options generated from Config, one-line errors, and the run-directory guards."""
 
 import dataclasses
+import json
 
 import pytest
 
-from conftest import tiny_args
+from conftest import REPO, tiny_args
 from resnet_ocp.cli import build_parser, main
-from resnet_ocp.config import Config, ConfigError
+from resnet_ocp.config import RESUME_FREE_FIELDS, Config, ConfigError
 
 
 def test_every_config_field_is_an_option():
@@ -89,13 +90,7 @@ def test_preset_sets_values_under_the_explicit_options(capsys):
 def test_fast_preset_is_the_recipe_of_the_committed_fast_run():
     """``--preset fast`` reproduces the configuration of ``results/fast-8ep`` (the run that
     reached 92.11% in 8 epochs) in every field that shapes training."""
-    import json
-
-    from conftest import REPO
-
     recorded = json.loads((REPO / "results/fast-8ep/config.json").read_text())
-    from resnet_ocp.config import RESUME_FREE_FIELDS
-
     run_only = {*RESUME_FREE_FIELDS, "data", "output_dir", "cache_dir"}
     preset = Config.from_preset("fast").to_dict()
     assert {k: v for k, v in recorded.items() if k not in run_only} == {k: v for k, v in preset.items() if k not in run_only}

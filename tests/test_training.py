@@ -218,7 +218,7 @@ def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, cache_dir, tmp_pat
 def test_recomputed_bn_stats_are_those_of_the_given_images():
     """After recompute_bn_stats on one batch, whatever the buffers held before, the network in
     eval mode computes what train mode computes on that batch (the running statistics are the
-    batch's), each BN keeps its momentum, and the network is left in eval mode."""
+    batch's), each BN keeps its momentum, and the network keeps its eval mode."""
     import copy
 
     from resnet_ocp.augment import normalize
