@@ -1,5 +1,6 @@
 """The benchmarks: throughput.py --quick records every figure; ablations.py fills its table."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -66,3 +67,18 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     assert again.returncode == 0 and [line for line in again.stdout.splitlines() if line.startswith("| ")] == rows
     assert "label_smoothing:" not in again.stdout  # nothing trained
     assert len(results.read_text().splitlines()) == 3
+
+
+def test_fast_without_label_smoothing_is_the_fast_preset_less_label_smoothing():
+    """The ablation variant fast_without_label_smoothing, on the 8-epoch proxy and its shared
+    (Adam) peak LR, gives the config of --preset fast with label smoothing 0 and nothing else changed."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ablations import VARIANTS, proxy_flags
+
+    from resnet_ocp.cli import build_parser, resolve_config
+    from resnet_ocp.config import Config
+
+    proxy = argparse.Namespace(data="d", epochs=8, max_lr=0.00266, train_samples=None, extra="")
+    argv = [*proxy_flags(proxy), *VARIANTS["fast_without_label_smoothing"]]
+    config = resolve_config(vars(build_parser().parse_args(argv)))
+    assert config == Config.from_preset("fast", label_smoothing=0.0, data="d", progress=False)
