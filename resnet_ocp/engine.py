@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from resnet_ocp.augment import AugmentParams, augment_batch, normalize
@@ -200,8 +201,6 @@ def recompute_bn_stats(model: torch.nn.Module, data: DeviceSplit, n_images: int,
         batch_size: images per forward pass.
         channels_last: feed channels_last inputs.
     """
-    from torch.optim.swa_utils import update_bn
-
     batches = (_inputs(normalize(b, data.mean, data.std), channels_last) for b in data.images[:n_images].split(batch_size))
     update_bn(batches, model)
 
