@@ -25,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_ocp.errors import OneLineParser, positive_int
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("ablations.jsonl")
 
 # Page's settings; --logit-scale 0.125 is what lets SGD take LR 0.4 (at scale 1 our SGD range test diverged from 0.01).
-PAGE_SGD = ["--optimizer", "sgd", "--max-lr", "0.4", "--weight-decay", "5e-4", "--no-cycle-beta1", "--beta1-max", "0.9",
+PAGE_SGD = ["--optimizer", "sgd", "--max-lr", "0.4", "--weight-decay", "5e-4", "--no-cycle-momentum", "--momentum-max", "0.9",
             "--logit-scale", "0.125"]
 
 # name -> extra train.py flags; "tta" is evaluated from the baseline's weights instead.
@@ -39,7 +41,7 @@ VARIANTS: dict[str, list[str]] = {
     "label_smoothing": ["--label-smoothing", "0.2"],
     "adam_l2": ["--weight-decay", "5e-4"],
     "adamw": ["--optimizer", "adamw", "--weight-decay", "0.05"],
-    "beta1_constant": ["--no-cycle-beta1", "--beta1-max", "0.9"],
+    "beta1_constant": ["--no-cycle-momentum", "--momentum-max", "0.9"],
     "bn_momentum": ["--bn-momentum", "0.01"],
     "ema": ["--ema", "0.99"],
     # At 8 epochs the augmented train accuracy sits level with the test accuracy (0.904 vs 0.902 at epoch 7
@@ -113,12 +115,12 @@ def table(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     """Run the chosen variants in order and print their table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="benchmarks/ablations.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="uoft-cs/cifar10")
     parser.add_argument("--runs-dir", required=True, help="one run directory per variant is kept here (outside the repository)")
     parser.add_argument("--max-lr", type=float, required=True, help="the shared peak LR (the full-data range test's suggestion)")
-    parser.add_argument("--epochs", type=int, default=8, help="proxy schedule length; the peak stays at 5/24 of it")
-    parser.add_argument("--train-samples", type=int, help="a class-balanced subset of the training set (default: all)")
+    parser.add_argument("--epochs", type=positive_int, default=8, help="proxy schedule length; the peak stays at 5/24 of it")
+    parser.add_argument("--train-samples", type=positive_int, help="a class-balanced subset of the training set (default: all)")
     parser.add_argument("--config-file", default="accelerate_configs/cpu.yaml")
     parser.add_argument("--extra", default="", help="train.py flags added to every variant, one string (e.g. '--width 8' for a smoke test)")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all, in table order)")

@@ -6,7 +6,6 @@ without channels_last: shows whether bf16 pays on this CPU (it needs native bf16
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from resnet_ocp.errors import OneLineParser, positive_int
 from resnet_ocp.model import CustomResNet
 
 
@@ -38,9 +38,9 @@ def step_rate(batch: int, steps: int, channels_last: bool, bf16: bool) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3)
+    parser = OneLineParser(prog="benchmarks/cpu_precision.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=3)
     args = parser.parse_args()
     record = {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
               "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()), "torch": torch.__version__,

@@ -14,7 +14,7 @@ Prints img/s, peak memory and the ratios (b)/(a), (b)/(c), (d) ours/textbook, an
 JSON line with the command, versions and machine to ``benchmarks/results.jsonl``.
 
     accelerate launch --config_file accelerate_configs/cpu.yaml benchmarks/throughput.py --data ../shared/data/cifar10
-    python benchmarks/throughput.py --quick --data ../shared/data/cifar10      # < 2 minutes here
+    python benchmarks/throughput.py --quick --data ../shared/data/cifar10      # 3 timed steps per measurement
     accelerate launch --config_file accelerate_configs/cpu.yaml benchmarks/throughput.py --data ../shared/data/cifar10 --compile
 """
 
@@ -31,6 +31,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
 
 RESULTS = Path(__file__).with_name("results.jsonl")
 
@@ -73,9 +75,8 @@ def bare_step(accelerator, cfg, steps: int, warmup: int) -> tuple[float, float]:
 def our_step(accelerator, cfg, data, steps: int) -> tuple[float, float]:
     """(b) img/s of ``engine.train_one_epoch`` over ``steps`` batches after one warm-up epoch,
     and that warm-up epoch's seconds."""
-    from resnet_ocp.augment import epoch_params
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
-    from resnet_ocp.engine import DeviceSplit, train_one_epoch
+    from resnet_ocp.engine import DeviceSplit, TrainingParts, train_one_epoch
     from resnet_ocp.model import CustomResNet
     from resnet_ocp.schedule import build_one_cycle, build_optimizer
 
@@ -88,11 +89,9 @@ def our_step(accelerator, cfg, data, steps: int) -> tuple[float, float]:
     loader, _ = make_loaders(n, 10, cfg.batch_size // accelerator.num_processes, 10, cfg.seed)
     model, opt, loader = accelerator.prepare(model, opt, loader)
     sched = accelerator.prepare(build_one_cycle(opt.optimizer, cfg.replace(epochs=3, peak_epoch=1), 1e-3, n))
-    epochs = []
-    for epoch in (1, 2):  # epoch 1 warms up (allocator, oneDNN kernels, compilation)
-        params = epoch_params(n, cfg.seed, epoch).to(dev)
-        epochs.append(train_one_epoch(accelerator, model, opt, sched, loader, split, params, epoch=epoch, step_offset=0,
-                                      batch_size=cfg.batch_size, padding=4, cutout_size=8, progress=False))
+    parts = TrainingParts(accelerator, model, opt, loader, loader, split, split, scheduler=sched)
+    # Epoch 1 warms up (allocator, oneDNN kernels, compilation).
+    epochs = [train_one_epoch(parts, cfg, epoch, step_offset=0) for epoch in (1, 2)]
     return epochs[1]["images_per_second"], epochs[0]["seconds"]
 
 
@@ -193,11 +192,11 @@ def pipelines_alone(accelerator, cfg, data, n: int, workers: int) -> tuple[float
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the four measurements and append them to ``benchmarks/results.jsonl``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="uoft-cs/cifar10")
-    parser.add_argument("--steps", type=int, default=10, help="timed training steps per measurement")
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--width", type=int, default=64)
+    parser = OneLineParser(prog="benchmarks/throughput.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="uoft-cs/cifar10", help="Hub id or local parquet directory (offline: e.g. ../shared/data/cifar10)")
+    parser.add_argument("--steps", type=positive_int, default=10, help="timed training steps per measurement")
+    parser.add_argument("--batch-size", type=positive_int, default=512)
+    parser.add_argument("--width", type=positive_int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the textbook pipeline")
     parser.add_argument("--quick", action="store_true", help="3 timed steps: under two minutes on 2 CPU cores")
     parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file the record is appended to")
@@ -207,15 +206,22 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps = 3
+    try:
+        return measure(args, argv)
+    except UserError as exc:
+        exit_with(exc)
 
+
+def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The measurements of ``main``, on parsed arguments."""
     from accelerate import Accelerator
 
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.launch import _has_accelerator_device, environment
+    from resnet_ocp.session import environment, has_accelerator_device
 
-    accelerator = Accelerator(cpu=not _has_accelerator_device(), dynamo_backend="inductor" if args.compile else None)
-    cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3)
+    accelerator = Accelerator(cpu=not has_accelerator_device(), dynamo_backend="inductor" if args.compile else None)
+    cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3, progress=False)
     data = load_cifar(args.data, args.cache_dir)
     bare, bare_warmup = bare_step(accelerator, cfg, args.steps, warmup=2)
     ours, our_warmup = our_step(accelerator, cfg, data, args.steps)
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "machine": f"{env['device_name']} ({env['cpu_capability']}), {os.cpu_count()} cpus, device {env['device']}",
         "versions": {k: env[k] for k in ("torch", "accelerate", "python")},
-        # Allocator settings change every step's page faults; glibc.malloc.hugetlb=1 measured slower here (151.6 vs 166.1 img/s bare).
+        # Allocator settings change every step's page faults (glibc.malloc.hugetlb=1: docs/performance.md).
         "allocator_env": {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD") if k in os.environ},
         "mixed_precision": accelerator.mixed_precision, "batch_size": args.batch_size, "steps": args.steps, "width": args.width,
         "compile": args.compile, "bare_warmup_s": bare_warmup, "our_warmup_epoch_s": our_warmup,

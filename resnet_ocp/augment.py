@@ -1,8 +1,8 @@
 """Training augmentation, batched on the training device: RandomCrop(32, pad 4), flip, Cutout.
 
-Per-image PIL transforms in DataLoader workers top out near 5,800 img/s on this CPU; these
-batched tensor ops do crop+flip+cutout at tens of thousands of img/s and run wherever the
-data already is (the GPU, on a GPU machine), so the input pipeline is never the wall.
+Batched tensor ops do crop+flip+cutout about ten times faster than per-image PIL transforms in
+DataLoader workers (benchmarks/throughput.py, measurement (d); docs/performance.md) and run
+wherever the data already is (the GPU, on a GPU machine), so the input pipeline is never the wall.
 
 Randomness is a pure function of (seed, epoch, sample index): ``epoch_params`` draws every
 sample's crop offset, flip and cutout position for a whole epoch at once. A sample is

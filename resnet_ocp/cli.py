@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import types
 import typing
 from pathlib import Path
 
-from resnet_ocp.checkpoint import read_json
-from resnet_ocp.config import PRESETS, RESUME_FREE_FIELDS, Config, ConfigError
-from resnet_ocp.data import DataError
-from resnet_ocp.launch import RunError
-from resnet_ocp.lr_finder import LRFinderError
-from resnet_ocp.trainer import run
+from resnet_ocp.atomic import read_json
+from resnet_ocp.config import PRESETS, RENAMED_FIELDS, RESUME_FREE_FIELDS, Config, choices_of
+from resnet_ocp.errors import OneLineParser, RunError, UserError, exit_with
+
+OLD_NAMES = {new: old for old, new in RENAMED_FIELDS.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one ``--flag`` per Config field; defaults are suppressed so the
-    caller knows which options were given explicitly (needed to check a resume)."""
-    parser = argparse.ArgumentParser(
+    caller knows which options were given explicitly (needed to check a resume). Renamed
+    fields also accept their old spelling (``--beta1-max`` for ``--momentum-max``)."""
+    parser = OneLineParser(
         prog="train.py",
         description="Train the CIFAR-10 ResNet with One-Cycle through Accelerate. Defaults are the reference recipe.",
         argument_default=argparse.SUPPRESS,
@@ -33,12 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
         kind, optional = _base_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-") for name in (f.name, OLD_NAMES.get(f.name)) if name]
         help_text = f"{f.metadata.get('help', '')} (default: {f.default})"
+        choices = choices_of(f.name)
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            parser.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif choices:
+            parser.add_argument(*flags, dest=f.name, choices=choices, help=help_text)
         else:
-            parser.add_argument(flag, type=kind, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(*flags, dest=f.name, type=kind, metavar=f.name.upper(), help=help_text)
     return parser
 
 
@@ -92,10 +94,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     try:
         cfg = resolve_config(vars(args))
+        from resnet_ocp.trainer import run  # here, not at the top: --help and bad options answer without importing torch
+
         return run(cfg)
-    except (ConfigError, DataError, RunError, LRFinderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    except UserError as exc:
+        exit_with(exc)
 
 
 if __name__ == "__main__":

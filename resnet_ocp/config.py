@@ -7,22 +7,36 @@ properties so they can never disagree with the fields they come from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from resnet_ocp.errors import UserError
 
 # Fields that may differ between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("resume", "stop_after_epoch", "progress")
 
+# Old names of renamed fields, still accepted in config.json files and as flags.
+RENAMED_FIELDS = {"cycle_beta1": "cycle_momentum", "beta1_max": "momentum_max", "beta1_min": "momentum_min"}
+
+# lr_finder.suggest drops the first 10 and last 5 points of the curve and needs 5 more.
+MIN_LR_FIND_ITERS = 20
+
+Optimizer = Literal["adam", "adamw", "sgd"]
+SweepMode = Literal["exp", "linear"]
+SuggestionRule = Literal["valley", "steepest", "min10"]
+
 # Page's SGD settings ("How to train your ResNet"): Nesterov SGD at peak LR 0.4, momentum 0.9 held
 # constant, weight decay 5e-4 and his 0.125 logit scale; both SGD presets use them with flip TTA.
-_PAGE_SGD: dict[str, Any] = {"optimizer": "sgd", "max_lr": 0.4, "weight_decay": 5e-4, "cycle_beta1": False,
-                             "beta1_max": 0.9, "logit_scale": 0.125, "tta": True}
+_PAGE_SGD: dict[str, Any] = {"optimizer": "sgd", "max_lr": 0.4, "weight_decay": 5e-4, "cycle_momentum": False,
+                             "momentum_max": 0.9, "logit_scale": 0.125, "tta": True}
 
 # Named recipes: field values applied over the defaults, under any explicitly given option
-# (``--preset fast --epochs 10`` trains 10 epochs). Each value here was measured; README
-# "Results" has the runs and the ablation table behind them.
+# (``--preset fast --epochs 10`` trains 10 epochs). Each value here was measured: docs/results.md
+# has the runs and docs/ablations.md the ablation table behind them.
 PRESETS: dict[str, dict[str, Any]] = {
     "reference": {},
     # 92.11% after 8 epochs (results/fast-8ep): Page's SGD with label smoothing; no Cutout, because
@@ -35,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is wrong; the message is one line saying how to fix it."""
 
 
@@ -56,13 +70,13 @@ class Config:
     stop_after_epoch: int | None = field(default=None, metadata={"help": "stop (resumably) after this epoch; the schedule still spans --epochs"})
     batch_size: int = field(default=512, metadata={"help": "global batch size per optimizer step, over all processes"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps per optimizer step"})
-    optimizer: str = field(default="adam", metadata={"help": "adam (reference, L2 decay), adamw (decoupled decay) or sgd (Nesterov)"})
+    optimizer: Optimizer = field(default="adam", metadata={"help": "adam (reference, L2 decay), adamw (decoupled decay) or sgd (Nesterov)"})
     max_lr: float | None = field(default=None, metadata={"help": "peak LR; if omitted, an LR range test picks it"})
     div_factor: float = field(default=100.0, metadata={"help": "initial LR = max_lr / div_factor"})
     final_div_factor: float = field(default=100.0, metadata={"help": "final LR = initial LR / final_div_factor"})
-    cycle_beta1: bool = field(default=True, metadata={"help": "cycle Adam's beta1 (SGD's momentum) inversely to the LR"})
-    beta1_max: float = field(default=0.95, metadata={"help": "beta1 (SGD: momentum) at the start and end of the cycle"})
-    beta1_min: float = field(default=0.85, metadata={"help": "beta1 (SGD: momentum) at the LR peak"})
+    cycle_momentum: bool = field(default=True, metadata={"help": "cycle the momentum (Adam's beta1, SGD's momentum) inversely to the LR"})
+    momentum_max: float = field(default=0.95, metadata={"help": "momentum (Adam's beta1, SGD's momentum) at the start and end of the cycle"})
+    momentum_min: float = field(default=0.85, metadata={"help": "momentum (Adam's beta1, SGD's momentum) at the LR peak"})
     weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
     crop_padding: int = field(default=4, metadata={"help": "zero padding before the random 32x32 crop"})
@@ -77,11 +91,11 @@ class Config:
     eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})
     train_samples: int | None = field(default=None, metadata={"help": "class-balanced training subset of this size"})
     test_samples: int | None = field(default=None, metadata={"help": "class-balanced test subset of this size"})
-    lr_find_iters: int = field(default=100, metadata={"help": "steps of the LR range test"})
+    lr_find_iters: int = field(default=100, metadata={"help": f"steps of the LR range test (at least {MIN_LR_FIND_ITERS})"})
     lr_find_start: float = field(default=1e-5, metadata={"help": "first LR of the range test"})
     lr_find_end: float = field(default=1.0, metadata={"help": "last LR of the range test"})
-    lr_find_mode: str = field(default="exp", metadata={"help": "LR sweep: exp (geometric steps) or linear"})
-    lr_find_rule: str = field(default="valley", metadata={"help": "suggestion rule: valley (default, chosen on real data), steepest or min10"})
+    lr_find_mode: SweepMode = field(default="exp", metadata={"help": "LR sweep: exp (geometric steps) or linear"})
+    lr_find_rule: SuggestionRule = field(default="valley", metadata={"help": "suggestion rule: valley (chosen on real data), steepest or min10"})
     lr_find_only: bool = field(default=False, metadata={"help": "run the LR range test, write its files and stop"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many per-epoch checkpoints to keep"})
@@ -90,6 +104,9 @@ class Config:
     progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
 
     def __post_init__(self) -> None:
+        for name, choices in _choices().items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
         positive = ["epochs", "batch_size", "grad_accum", "width", "eval_batch_size", "lr_find_iters", "log_every", "keep_checkpoints"]
         for name in positive:
             if getattr(self, name) < 1:
@@ -100,8 +117,8 @@ class Config:
             raise ConfigError(f"--max-lr must be a positive number, got {self.max_lr}")
         if self.div_factor <= 0 or self.final_div_factor <= 0:
             raise ConfigError("--div-factor and --final-div-factor must be positive")
-        if not 0 <= self.beta1_min <= self.beta1_max < 1:
-            raise ConfigError(f"need 0 <= --beta1-min <= --beta1-max < 1, got {self.beta1_min} and {self.beta1_max}")
+        if not 0 <= self.momentum_min <= self.momentum_max < 1:
+            raise ConfigError(f"need 0 <= --momentum-min <= --momentum-max < 1, got {self.momentum_min} and {self.momentum_max}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
         if self.stop_after_epoch is not None and not 1 <= self.stop_after_epoch <= self.epochs:
@@ -124,12 +141,9 @@ class Config:
             raise ConfigError(f"--logit-scale must be a positive number, got {self.logit_scale}")
         if not 0 < self.bn_momentum <= 1:
             raise ConfigError(f"--bn-momentum must be in (0, 1], got {self.bn_momentum}")
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise ConfigError(f"--optimizer must be adam, adamw or sgd, got {self.optimizer!r}")
-        if self.lr_find_mode not in ("exp", "linear"):
-            raise ConfigError(f"--lr-find-mode must be exp or linear, got {self.lr_find_mode!r}")
-        if self.lr_find_rule not in ("steepest", "valley", "min10"):
-            raise ConfigError(f"--lr-find-rule must be steepest, valley or min10, got {self.lr_find_rule!r}")
+        if self.lr_find_iters < MIN_LR_FIND_ITERS:
+            raise ConfigError(f"--lr-find-iters must be at least {MIN_LR_FIND_ITERS} (the suggestion rules need that many points), "
+                              f"got {self.lr_find_iters}")
 
     @property
     def pct_start(self) -> float:
@@ -137,8 +151,8 @@ class Config:
         return self.peak_epoch / self.epochs
 
     @property
-    def last_epoch(self) -> int:
-        """The epoch after which this invocation stops."""
+    def stop_epoch(self) -> int:
+        """The epoch after which this invocation stops (``--stop-after-epoch``, else the last)."""
         return self.stop_after_epoch or self.epochs
 
     def to_dict(self) -> dict[str, Any]:
@@ -166,8 +180,10 @@ class Config:
         """Build a config from a dict, rejecting unknown keys with one clear line.
 
         Args:
-            values: field names to values, e.g. a loaded ``config.json``.
+            values: field names to values, e.g. a loaded ``config.json`` (old field names are
+                read as their new ones, see ``RENAMED_FIELDS``).
         """
+        values = {RENAMED_FIELDS.get(k, k): v for k, v in values.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -181,3 +197,19 @@ class Config:
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[str, ...]]:
+    """The allowed values of each ``Literal`` field, by field name."""
+    hints = typing.get_type_hints(Config)
+    return {f.name: typing.get_args(hints[f.name]) for f in dataclasses.fields(Config) if typing.get_origin(hints[f.name]) is Literal}
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The allowed values of field ``name`` if it is a choice (``Literal``) field, else None.
+
+    Args:
+        name: a Config field name.
+    """
+    return _choices().get(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from resnet_ocp.checkpoint import atomic_path
+from resnet_ocp.atomic import atomic_path
+from resnet_ocp.errors import UserError
 
 IMAGE_COLUMN = "img"
 LABEL_COLUMN = "label"
@@ -28,7 +30,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The data could not be loaded; the message is one line saying what to do."""
 
 
@@ -112,6 +114,11 @@ def _open(source: str):
 
     path = Path(source).expanduser()
     looks_like_path = source.startswith((".", "/", "~")) or source.count("/") != 1
+    # A local dataset's README.md without Hub metadata makes huggingface_hub warn "Repo card
+    # metadata block was not found" on every load: nothing the user can act on.
+    card_log = logging.getLogger("huggingface_hub.repocard")
+    card_level = card_log.level
+    card_log.setLevel(logging.ERROR)
     try:
         if path.is_dir() and (path / "dataset_dict.json").exists():
             dsd = datasets.load_from_disk(str(path))
@@ -132,6 +139,8 @@ def _open(source: str):
         raise DataError(
             f"could not load --data {source}{hint}: {first[:200]}; pass a local copy, e.g. --data ../shared/data/cifar10"
         ) from exc
+    finally:
+        card_log.setLevel(card_level)
     missing = [s for s in SPLITS if s not in dsd]
     if missing:
         raise DataError(f"--data {source} has splits {sorted(dsd)}, but needs 'train' and 'test'")

@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass: plain functions returning dicts of metrics.
+"""One training epoch and one evaluation pass: functions over the prepared parts, returning dicts.
 
 The hot loop never synchronises host and device except to refresh the progress bar every
 ``log_every`` steps: losses and correct counts accumulate on the device and are read once
@@ -13,13 +13,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
 from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
-from resnet_ocp.augment import AugmentParams, augment_batch, normalize
+from resnet_ocp.augment import AugmentParams, augment_batch, epoch_params, normalize
+from resnet_ocp.config import Config
 from resnet_ocp.schedule import momentum_of, samples_after
 
 METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
+# Training images whose statistics the EMA model's batch norms get before each evaluation: 512 to
+# 4,096 all gave 71.3-71.7% at epoch 2 of the proxy (recompute_bn_stats); 1,024 forward passes are 0.7% of an epoch's FLOPs.
+EMA_BN_IMAGES = 1024
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,8 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: torch.Ten
     return logits
 
 
-def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentParams, idx: torch.Tensor, *, padding: int,
-                  cutout_size: int, label_smoothing: float = 0.0, channels_last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentParams, idx: torch.Tensor,
+                  cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment the samples ``idx``, run the model, and return ``(loss, logits)``; shared by
     training and the LR range test so both see exactly the same batches and loss.
 
@@ -71,58 +76,55 @@ def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentPara
         data: the training split on the device.
         params: the epoch's augmentation draws for every training sample.
         idx: sample indices of the micro-batch (on the device).
-        padding, cutout_size: augmentation settings.
-        label_smoothing: cross-entropy label smoothing.
-        channels_last: feed channels_last inputs.
+        cfg: the run configuration (crop padding, Cutout, label smoothing, memory format).
     """
-    x = augment_batch(data.images[idx], params[idx], data.mean, data.std, padding, cutout_size)
-    logits = model(_inputs(x, channels_last))
-    return F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=label_smoothing), logits
+    x = augment_batch(data.images[idx], params[idx], data.mean, data.std, cfg.crop_padding, cfg.cutout)
+    logits = model(_inputs(x, cfg.channels_last))
+    return F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing), logits
 
 
-def train_one_epoch(
-    accelerator,
-    model: torch.nn.Module,
-    optimizer,
-    scheduler,
-    loader,
-    data: DeviceSplit,
-    params: AugmentParams,
-    *,
-    epoch: int,
-    step_offset: int,
-    batch_size: int,
-    padding: int,
-    cutout_size: int,
-    label_smoothing: float = 0.0,
-    channels_last: bool = True,
-    log_every: int = 10,
-    progress: bool = True,
-    ema=None,
-) -> dict:
+@dataclass
+class TrainingParts:
+    """The prepared objects of one run's training loop.
+
+    ``scheduler`` is None until the LR range test (if any) is over: building OneCycleLR
+    overwrites the optimizer's LR and momentum. ``ema`` is an ``AveragedModel`` or None.
+    """
+
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: torch.utils.data.DataLoader
+    test_loader: torch.utils.data.DataLoader
+    train_split: DeviceSplit
+    test_split: DeviceSplit
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+    ema: torch.optim.swa_utils.AveragedModel | None = None
+
+    @property
+    def evaluated_model(self) -> torch.nn.Module:
+        """The network that is tested and saved: the EMA when there is one, else the live model."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: int) -> dict:
     """Train for one epoch, stepping the One-Cycle schedule once per optimizer step.
 
     Args:
-        accelerator: the run's Accelerator (its gradient accumulation setting applies).
-        model, optimizer, scheduler, loader: the prepared objects; the loader yields sample indices.
-        data: the training split on the device.
-        params: this epoch's augmentation draws for every training sample (on the device).
-        epoch: 1-based epoch number.
+        parts: the prepared model, optimizer, scheduler, loader and training split (and EMA,
+            updated after every optimizer step); the Accelerator's gradient accumulation applies.
+        cfg: the run configuration (global batch, augmentation, loss, progress settings).
+        epoch: 1-based epoch number; the augmentation draws are those of ``(cfg.seed, epoch)``.
         step_offset: optimizer steps taken before this epoch.
-        batch_size: global batch per optimizer step (for the ``samples`` column).
-        padding, cutout_size: augmentation settings.
-        label_smoothing: cross-entropy label smoothing.
-        channels_last: feed channels_last inputs.
-        log_every: refresh the progress bar every this many optimizer steps.
-        progress: show a tqdm bar (main process only).
-        ema: a ``torch.optim.swa_utils.AveragedModel`` updated after every optimizer step.
 
     Returns:
         ``loss``, ``accuracy`` (fraction), ``rows`` (one dict per optimizer step for
         steps.csv), ``lr`` (last LR applied), ``seconds``, ``images_per_second``.
     """
+    accelerator, model, optimizer, loader, data = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
     model.train()
     n_train = len(data.labels)
+    params = epoch_params(n_train, cfg.seed, epoch, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
     loader.set_epoch(epoch)
     start = time.perf_counter()
     device = accelerator.device
@@ -132,11 +134,10 @@ def train_one_epoch(
     micro_losses: list[torch.Tensor] = []
     step_losses: list[torch.Tensor] = []
     applied: list[tuple[float, float]] = []
-    bar = tqdm(total=len(loader), disable=not (progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
+    bar = tqdm(total=len(loader), disable=not (cfg.progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
     for idx in loader:
         with accelerator.accumulate(model):
-            loss, logits = training_loss(model, data, params, idx, padding=padding, cutout_size=cutout_size,
-                                         label_smoothing=label_smoothing, channels_last=channels_last)
+            loss, logits = training_loss(model, data, params, idx, cfg)
             y = data.labels[idx]
             accelerator.backward(loss)
             if accelerator.sync_gradients:
@@ -151,12 +152,12 @@ def train_one_epoch(
         seen += len(y)
         if accelerator.sync_gradients:
             # One scheduler step per optimizer step, whatever the process count (see schedule.py).
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(accelerator.unwrap_model(model))
+            parts.scheduler.step()
+            if parts.ema is not None:
+                parts.ema.update_parameters(accelerator.unwrap_model(model))
             step_losses.append(torch.stack(micro_losses).mean())
             micro_losses = []
-            if len(step_losses) % log_every == 0 or len(step_losses) * accelerator.gradient_accumulation_steps >= len(loader):
+            if len(step_losses) % cfg.log_every == 0 or len(step_losses) * accelerator.gradient_accumulation_steps >= len(loader):
                 bar.set_description(
                     f"Train: Loss={detached.item():.4f} Batch_id={len(step_losses) - 1} "
                     f"Accuracy={100 * correct.item() / max(seen.item(), 1):.2f} LR={applied[-1][0]:.6f}"
@@ -168,9 +169,9 @@ def train_one_epoch(
     totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum").tolist()
     seconds = time.perf_counter() - start
     rows = [
-        {"step": step_offset + k + 1, "epoch": epoch, "samples": samples_after(k + 1, epoch, n_train, batch_size),
-         "lr": lr, "beta1": beta1, "loss": loss_value}
-        for k, ((lr, beta1), loss_value) in enumerate(zip(applied, losses))
+        {"step": step_offset + k + 1, "epoch": epoch, "samples": samples_after(k + 1, epoch, n_train, cfg.batch_size),
+         "lr": lr, "momentum": momentum, "loss": loss_value}
+        for k, ((lr, momentum), loss_value) in enumerate(zip(applied, losses))
     ]
     return {
         "loss": totals[0] / totals[2],
@@ -203,6 +204,27 @@ def recompute_bn_stats(model: torch.nn.Module, data: DeviceSplit, n_images: int,
     """
     batches = (_inputs(normalize(b, data.mean, data.std), channels_last) for b in data.images[:n_images].split(batch_size))
     update_bn(batches, model)
+
+
+def evaluate_parts(parts: TrainingParts, cfg: Config, metric) -> tuple[dict, float]:
+    """Evaluate the model that the run tests (the EMA, with its batch-norm statistics
+    recomputed first, or the live model) on the test split, under the run's autocast.
+
+    Args:
+        parts: the prepared training objects.
+        cfg: the resolved configuration (TTA, memory format, evaluation batch).
+        metric: the ``evaluate`` accuracy metric.
+
+    Returns:
+        ``(engine.evaluate's result, seconds)``.
+    """
+    start = time.perf_counter()
+    with parts.accelerator.autocast():
+        if parts.ema is not None:
+            recompute_bn_stats(parts.ema.module, parts.train_split, EMA_BN_IMAGES, cfg.eval_batch_size, cfg.channels_last)
+        test = evaluate(parts.accelerator, parts.evaluated_model, parts.test_loader, parts.test_split, metric,
+                        channels_last=cfg.channels_last, tta=cfg.tta)
+    return test, time.perf_counter() - start
 
 
 @torch.no_grad()

@@ -8,17 +8,17 @@ checkpoint, no training code path), and says whether it matches the accuracy rec
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from resnet_ocp.checkpoint import read_json
+from resnet_ocp.atomic import read_json
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
 from resnet_ocp.engine import load_accuracy_metric, predict_logits
-from resnet_ocp.launch import last_session
+from resnet_ocp.errors import OneLineParser, UserError, exit_with
 from resnet_ocp.model import for_config
+from resnet_ocp.session import last_session
 
 
 def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: torch.device | str = "cpu") -> torch.nn.Module:
@@ -101,7 +101,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
 
 def main(argv: list[str] | None = None) -> dict:
     """Print the test accuracy of ``RUN_DIR``'s weights and compare it with the record."""
-    parser = argparse.ArgumentParser(prog="python -m resnet_ocp.evaluate", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m resnet_ocp.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
     parser.add_argument("--data", help="dataset source (default: the run's --data)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA (default: the run's setting)")
@@ -110,9 +110,11 @@ def main(argv: list[str] | None = None) -> dict:
     run_dir = Path(args.run_dir)
     missing = [f for f in ("config.json", "model.safetensors") if not (run_dir / f).exists()]
     if missing:
-        print(f"error: {run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py", file=sys.stderr)
-        raise SystemExit(2)
-    result = evaluate_run(run_dir, args.data, args.tta, precision=args.precision)
+        exit_with(f"{run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py")
+    try:
+        result = evaluate_run(run_dir, args.data, args.tta, precision=args.precision)
+    except UserError as exc:
+        exit_with(exc)
     print(f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['correct']}/{result['total']} "
           f"({100 * result['accuracy']:.2f}%){' with flip TTA' if result['tta'] else ''}, precision {result['precision']}")
     if result["recorded"] is not None:

@@ -4,7 +4,7 @@ The test raises the LR every optimizer step from ``start_lr`` to ``end_lr`` (exp
 default) on training batches with the run's augmentation, precision, optimizer and process
 layout, records the debiased exponential moving average of the loss, and stops once that
 exceeds ``diverge_factor`` times its best. It runs before OneCycleLR exists (building
-OneCycleLR overwrites the optimizer's LR and beta1) and leaves the model, optimizer, grad
+OneCycleLR overwrites the optimizer's LR and momentum) and leaves the model, optimizer, grad
 scaler and RNG exactly as it found them.
 
 Suggestion rules, on the smoothed curve without its first ``skip_start`` and last
@@ -12,7 +12,7 @@ Suggestion rules, on the smoothed curve without its first ``skip_start`` and las
 - ``valley`` (default): fastai's rule: two thirds into the longest falling stretch of the curve;
 - ``steepest``: the LR where the loss falls fastest against log(LR) (torch-lr-finder's rule);
 - ``min10``: the LR of the lowest loss divided by 10 (the classic rule of thumb).
-On real CIFAR-10 (README, "How the default was chosen") valley's LR gave 49.2% on a 4-epoch
+On real CIFAR-10 (docs/lr-range-test.md, "How the default was chosen") valley's LR gave 49.2% on a 4-epoch
 proxy, min10's 47.5%, steepest's 17.5%: steepest picks the very start of the sweep, where the
 untrained network's loss (4.5) falls fast at any LR.
 """
@@ -22,13 +22,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from resnet_ocp.augment import epoch_params
-from resnet_ocp.engine import training_loss
+from resnet_ocp.config import Config
+from resnet_ocp.engine import TrainingParts, training_loss
+from resnet_ocp.errors import UserError
 
 RULES = ("steepest", "valley", "min10")
 # First epoch number of the range test's shuffling and augmentation draws: far from the
@@ -36,7 +37,7 @@ RULES = ("steepest", "valley", "min10")
 FINDER_EPOCH = 1_000_000
 
 
-class LRFinderError(RuntimeError):
+class LRFinderError(UserError):
     """The range test could not suggest an LR; the message says why and what to do."""
 
 
@@ -106,27 +107,7 @@ def suggest(lrs: list[float], smoothed: list[float], rule: str, skip_start: int 
     raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
 
 
-def range_test(
-    accelerator,
-    model: torch.nn.Module,
-    optimizer,
-    loader,
-    data,
-    *,
-    start_lr: float = 1e-5,
-    end_lr: float = 1.0,
-    num_iter: int = 100,
-    mode: str = "exp",
-    beta: float = 0.98,
-    diverge_factor: float = 4.0,
-    rule: str = "valley",
-    seed: int = 0,
-    progress: bool = False,
-    padding: int = 4,
-    cutout_size: int = 8,
-    label_smoothing: float = 0.0,
-    channels_last: bool = True,
-) -> RangeTestResult:
+def range_test(parts: TrainingParts, cfg: Config, *, beta: float = 0.98, diverge_factor: float = 4.0) -> RangeTestResult:
     """Sweep the LR over training batches and suggest a peak LR; restore all state afterwards.
 
     Every optimizer step sees one global batch, as in training (gradient accumulation and the
@@ -134,34 +115,27 @@ def range_test(
     processes stop at the same step and compute the same suggestion.
 
     Args:
-        accelerator: the run's Accelerator.
-        model, optimizer, loader: prepared training objects (no scheduler yet).
-        data: the training split on the device (``engine.DeviceSplit``).
-        start_lr, end_lr: the LR range.
-        num_iter: optimizer steps of the sweep (100 of batch 512 is about one CIFAR-10 epoch).
-        mode: ``exp`` (geometric steps) or ``linear``.
+        parts: the prepared training objects (no scheduler yet).
+        cfg: the run configuration: ``lr_find_start``/``end``/``iters``/``mode``/``rule``, the
+            seed, augmentation and loss (as in training) and ``progress``.
         beta: EMA factor of the loss smoothing.
         diverge_factor: stop when the smoothed loss exceeds this times the best.
-        rule: suggestion rule (see module docstring).
-        seed: the run's seed (shuffling and augmentation of the sweep).
-        padding, cutout_size, label_smoothing, channels_last: as in training.
-        progress: show a tqdm bar on the main process.
     """
     from tqdm.auto import tqdm
 
-    if num_iter < 2:
-        raise LRFinderError("--lr-find-iters must be at least 2")
+    accelerator, model, optimizer, loader, data = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
+    start_lr, end_lr, num_iter = cfg.lr_find_start, cfg.lr_find_end, cfg.lr_find_iters
     saved = _snapshot(accelerator, model, optimizer)
-    params = epoch_params(len(data.labels), seed, FINDER_EPOCH, padding, cutout_size).to(accelerator.device)
+    params = epoch_params(len(data.labels), cfg.seed, FINDER_EPOCH, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
     lrs, losses, smoothed = [], [], []
     avg, best = 0.0, math.inf
     epoch, batches = FINDER_EPOCH, iter(())
     model.train()
-    bar = tqdm(total=num_iter, desc="LR range test", disable=not (progress and accelerator.is_local_main_process), dynamic_ncols=True)
+    bar = tqdm(total=num_iter, desc="LR range test", disable=not (cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
     try:
         for i in range(num_iter):
             frac = i / (num_iter - 1)
-            lr = start_lr * (end_lr / start_lr) ** frac if mode == "exp" else start_lr + (end_lr - start_lr) * frac
+            lr = start_lr * (end_lr / start_lr) ** frac if cfg.lr_find_mode == "exp" else start_lr + (end_lr - start_lr) * frac
             for group in optimizer.param_groups:
                 group["lr"] = lr
             step_loss = torch.zeros((), device=accelerator.device)
@@ -172,8 +146,7 @@ def range_test(
                     epoch += 1
                     batches = iter(loader)
                     idx = next(batches)
-                loss, _ = training_loss(model, data, params, idx, padding=padding, cutout_size=cutout_size,
-                                        label_smoothing=label_smoothing, channels_last=channels_last)
+                loss, _ = training_loss(model, data, params, idx, cfg)
                 accelerator.backward(loss)  # divides by the accumulation steps itself
                 step_loss += loss.detach() / accelerator.gradient_accumulation_steps
             optimizer.step()
@@ -193,10 +166,10 @@ def range_test(
         bar.close()
         _restore(accelerator, model, optimizer, saved)
     suggestions = {r: suggest(lrs, smoothed, r)[0] for r in RULES}
-    lr_value, message = suggest(lrs, smoothed, rule)
-    settings = {"start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": mode, "beta": beta,
+    lr_value, message = suggest(lrs, smoothed, cfg.lr_find_rule)
+    settings = {"start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": cfg.lr_find_mode, "beta": beta,
                 "diverge_factor": diverge_factor, "steps_run": len(lrs), "processes": accelerator.num_processes}
-    return RangeTestResult(lrs, losses, smoothed, lr_value, rule, message, settings, suggestions)
+    return RangeTestResult(lrs, losses, smoothed, lr_value, cfg.lr_find_rule, message, settings, suggestions)
 
 
 def _snapshot(accelerator, model, optimizer) -> dict:
@@ -224,29 +197,21 @@ def _restore(accelerator, model, optimizer, state: dict) -> None:
     accelerator.step = state["step"]
 
 
-def run_range_test(accelerator, model, optimizer, loader, data, cfg, run_dir: Path) -> RangeTestResult:
-    """Run the range test with the config's settings, write ``lr_finder.json`` and
-    ``lr_finder.png`` (main process) and print the suggestion; raise if there is none.
+def agreed_range_test(parts: TrainingParts, cfg: Config) -> RangeTestResult:
+    """Run the range test with the config's settings on every process and return one result
+    that all processes share (the caller writes and draws it).
 
     Args:
-        accelerator, model, optimizer, loader, data: as for ``range_test``.
-        cfg: the run configuration (``lr_find_*`` fields and augmentation).
-        run_dir: the run directory.
+        parts: the prepared training objects (no scheduler yet).
+        cfg: the run configuration.
     """
     from accelerate.utils import broadcast_object_list, gather_object
 
-    from resnet_ocp.checkpoint import write_json
-    from resnet_ocp.report import plot_lr_finder
-
+    accelerator = parts.accelerator
     accelerator.print(
         f"LR range test: {cfg.lr_find_iters} steps from {cfg.lr_find_start:g} to {cfg.lr_find_end:g} ({cfg.lr_find_mode}, rule: {cfg.lr_find_rule})"
     )
-    result = range_test(
-        accelerator, model, optimizer, loader, data, start_lr=cfg.lr_find_start, end_lr=cfg.lr_find_end,
-        num_iter=cfg.lr_find_iters, mode=cfg.lr_find_mode, rule=cfg.lr_find_rule, seed=cfg.seed, padding=cfg.crop_padding,
-        cutout_size=cfg.cutout, label_smoothing=cfg.label_smoothing, channels_last=cfg.channels_last,
-        progress=cfg.progress,
-    )
+    result = range_test(parts, cfg)
     # Recorded so a multi-process run shows that every process reached the same suggestion.
     result.settings["process_suggestions"] = gather_object([result.suggested_lr])
     # Identical by construction (losses are reduced before smoothing); broadcast anyway so a
@@ -254,11 +219,4 @@ def run_range_test(accelerator, model, optimizer, loader, data, cfg, run_dir: Pa
     shared = [result.suggested_lr]
     broadcast_object_list(shared)
     result.suggested_lr = shared[0]
-    if accelerator.is_main_process:
-        write_json(run_dir / "lr_finder.json", result.to_dict())
-        plot_lr_finder(result.to_dict(), run_dir / "lr_finder.png")
-    accelerator.wait_for_everyone()
-    if result.suggested_lr is None:
-        raise LRFinderError(f"LR range test gave no suggestion: {result.message}; or pass --max-lr explicitly")
-    accelerator.print(f"Suggested max LR: {result.suggested_lr:.6g} ({result.message})")
     return result

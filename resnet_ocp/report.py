@@ -1,7 +1,7 @@
 """The pictures of a run, written headless (matplotlib Agg) into its run directory.
 
 ``python -m resnet_ocp.report RUN_DIR`` regenerates every picture from a finished run's
-files and saved weights without retraining: ``lr_finder.png``, ``schedule.png`` (LR and beta1
+files and saved weights without retraining: ``lr_finder.png``, ``schedule.png`` (LR and momentum
 as the optimizer applied them, from steps.csv), ``curves.png``, ``misclassified.png``,
 ``confusion_matrix.png`` (with per-class accuracy, also in ``per_class_accuracy.json``) and
 ``gradcam.png``, plus ``summary.json``: final and best test accuracy and the first epoch (and
@@ -10,8 +10,6 @@ minutes) at which the run reached 90, 92 and 94%.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -21,8 +19,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from resnet_ocp.checkpoint import atomic_path, read_json, read_steps, write_json  # noqa: E402
+from resnet_ocp.atomic import atomic_path, read_json, write_json  # noqa: E402
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD  # noqa: E402
+from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int  # noqa: E402
+from resnet_ocp.rundir import read_steps  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:
@@ -66,8 +66,24 @@ def plot_lr_finder(result: dict, path: Path) -> None:
     _save(fig, Path(path))
 
 
-def plot_schedule(steps: list[dict], peak_epoch: float, path: Path) -> None:
-    """LR and beta1 per optimizer step as applied (steps.csv), with the peak epoch marked."""
+def momentum_name(optimizer: str) -> str:
+    """What the momentum column means for an optimizer: Adam's (and AdamW's) beta1 or SGD's momentum.
+
+    Args:
+        optimizer: a config's ``optimizer`` (adam, adamw, sgd).
+    """
+    return "SGD momentum" if optimizer == "sgd" else f"{'AdamW' if optimizer == 'adamw' else 'Adam'} beta1"
+
+
+def plot_schedule(steps: list[dict], peak_epoch: float, path: Path, momentum_label: str = "momentum") -> None:
+    """LR and momentum per optimizer step as applied (steps.csv), with the peak epoch marked.
+
+    Args:
+        steps: steps.csv rows.
+        peak_epoch: the epoch at whose end the LR peaks.
+        path: PNG to write.
+        momentum_label: what the momentum is (``momentum_name``), for the legend and axis.
+    """
     fig, ax = plt.subplots(figsize=(8, 4.5))
     step = [r["step"] for r in steps]
     ax.plot(step, [r["lr"] for r in steps], color="C0", label="learning rate")
@@ -77,8 +93,8 @@ def plot_schedule(steps: list[dict], peak_epoch: float, path: Path) -> None:
     ax.axvline(peak_epoch * per_epoch, color="0.5", ls="--", lw=1)
     ax.text(peak_epoch * per_epoch, ax.get_ylim()[1] * 0.98, f" peak: end of epoch {peak_epoch:g}", va="top", fontsize=8)
     ax2 = ax.twinx()
-    ax2.plot(step, [r["beta1"] for r in steps], color="C1", label="Adam beta1")
-    ax2.set_ylabel("beta1 (momentum)", color="C1")
+    ax2.plot(step, [r["momentum"] for r in steps], color="C1", label=momentum_label)
+    ax2.set_ylabel(momentum_label, color="C1")
     ax.set_title("One-Cycle schedule as applied by the optimizer")
     _save(fig, Path(path))
 
@@ -133,7 +149,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
     _save(fig, Path(path))
 
 
-def _denormalise(images_u8: torch.Tensor) -> np.ndarray:
+def _to_hwc(images_u8: torch.Tensor) -> np.ndarray:
+    """uint8 [N, 3, H, W] as the [N, H, W, 3] array matplotlib shows."""
     return images_u8.permute(0, 2, 3, 1).numpy()
 
 
@@ -144,7 +161,7 @@ def plot_misclassified(images: torch.Tensor, labels, preds, confs, indices, clas
     cols = min(5, n)
     rows = max(1, -(-n // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols, 2.6 * rows), squeeze=False)
-    pics = _denormalise(images)
+    pics = _to_hwc(images)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
@@ -203,8 +220,8 @@ def grad_cam(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> t
     return (cam / peak[:, None, None]).detach()
 
 
-def make_report(run_dir: str | Path, data=None, max_images: int = 20, predictions=None) -> list[Path]:
-    """Write every picture of a finished run from its files and ``model.safetensors``.
+def make_report(run_dir: str | Path, data=None, max_images: int = 20, predictions=None, model=None) -> list[Path]:
+    """Write every picture of a finished run from its files and weights.
 
     Args:
         run_dir: the run directory.
@@ -212,6 +229,7 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20, prediction
         max_images: how many misclassified images to show.
         predictions: ``(predicted class, confidence)`` per test image in dataset order, as the
             run's last evaluation made them (default: recomputed from the weights).
+        model: the trained network on the CPU (default: loaded from ``model.safetensors``).
 
     Returns:
         The PNG paths written.
@@ -227,13 +245,13 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20, prediction
     if (run_dir / "lr_finder.json").exists():
         plot_lr_finder(read_json(run_dir / "lr_finder.json"), run_dir / "lr_finder.png")
         written.append(run_dir / "lr_finder.png")
-    plot_schedule(read_steps(run_dir / "steps.csv"), cfg.peak_epoch, run_dir / "schedule.png")
+    plot_schedule(read_steps(run_dir / "steps.csv"), cfg.peak_epoch, run_dir / "schedule.png", momentum_name(cfg.optimizer))
     history = read_json(run_dir / "history.json")
     write_json(run_dir / "summary.json", summarize(history))
     plot_curves(history, run_dir / "curves.png")
     written += [run_dir / "schedule.png", run_dir / "curves.png"]
     data = data or load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
-    model = load_trained(run_dir, cfg, len(data.classes))
+    model = model if model is not None else load_trained(run_dir, cfg, len(data.classes))
     if predictions is None:
         conf, pred = test_logits(model, data.test.images, cfg, cfg.tta, precision=run_precision(run_dir)).softmax(1).max(1)
     else:
@@ -260,16 +278,18 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20, prediction
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """``python -m resnet_ocp.report RUN_DIR``: regenerate the pictures of a finished run."""
-    parser = argparse.ArgumentParser(prog="python -m resnet_ocp.report", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m resnet_ocp.report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
-    parser.add_argument("--max-images", type=int, default=20, help="misclassified images to show (default 20)")
+    parser.add_argument("--max-images", type=positive_int, default=20, help="misclassified images to show (default 20)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
     missing = [f for f in ("config.json", "history.json", "steps.csv", "model.safetensors") if not (run_dir / f).exists()]
     if missing:
-        print(f"error: {run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py", file=sys.stderr)
-        raise SystemExit(2)
-    written = make_report(run_dir, max_images=args.max_images)
+        exit_with(f"{run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py")
+    try:
+        written = make_report(run_dir, max_images=args.max_images)
+    except UserError as exc:
+        exit_with(exc)
     for p in written:
         print(p)
     return written

@@ -1,4 +1,4 @@
-"""Adam and the One-Cycle schedule, sized from samples so every process count agrees.
+"""The optimizer and the One-Cycle schedule, sized from samples so every process count agrees.
 
 The schedule is sized as ``epochs * ceil(n_train / batch_size)`` optimizer steps, from the
 dataset and the *global* batch, never from a prepared loader's length. It is stepped exactly
@@ -28,21 +28,21 @@ def samples_after(step_in_epoch: int, epoch: int, n_train: int, batch_size: int)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
-    """The run's optimizer with its momentum (Adam's beta1) at the top of its cycle.
+    """The run's optimizer with its momentum (Adam's beta1 or SGD's momentum) at the top of its cycle.
 
     ``adam`` (the reference) adds weight decay to the gradient (L2); ``adamw`` decouples it
     (Loshchilov & Hutter); ``sgd`` is Nesterov SGD as in Page's "How to train your ResNet".
 
     Args:
         model: the network.
-        cfg: run configuration (optimizer, weight decay, beta1 range).
+        cfg: run configuration (optimizer, weight decay, momentum range).
         lr: initial LR (the One-Cycle scheduler overwrites it when built).
     """
     lr = lr or cfg.lr_find_start
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.beta1_max, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum_max, nesterov=True, weight_decay=cfg.weight_decay)
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=lr, betas=(cfg.beta1_max, 0.999), weight_decay=cfg.weight_decay)
+    return kind(model.parameters(), lr=lr, betas=(cfg.momentum_max, 0.999), weight_decay=cfg.weight_decay)
 
 
 def momentum_of(group: dict) -> float:
@@ -53,7 +53,7 @@ def momentum_of(group: dict) -> float:
 def build_one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float, n_train: int) -> torch.optim.lr_scheduler.OneCycleLR:
     """Two-phase linear One-Cycle peaking at the end of ``cfg.peak_epoch``.
 
-    Build it after any LR range test: construction overwrites the optimizer's LR and beta1.
+    Build it after any LR range test: construction overwrites the optimizer's LR and momentum.
 
     Args:
         optimizer: the (unwrapped or prepared) Adam.
@@ -70,14 +70,14 @@ def build_one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float
         three_phase=False,
         div_factor=cfg.div_factor,
         final_div_factor=cfg.final_div_factor,
-        cycle_momentum=cfg.cycle_beta1,
-        base_momentum=cfg.beta1_min,
-        max_momentum=cfg.beta1_max,
+        cycle_momentum=cfg.cycle_momentum,
+        base_momentum=cfg.momentum_min,
+        max_momentum=cfg.momentum_max,
     )
 
 
 def schedule_trace(cfg: Config, max_lr: float, n_train: int) -> list[tuple[float, float]]:
-    """The (lr, beta1) that each optimizer step of a whole run applies, computed on a dummy
+    """The (lr, momentum) that each optimizer step of a whole run applies, computed on a dummy
     parameter: the reference that recorded ``steps.csv`` columns are tested against."""
     opt = build_optimizer(torch.nn.Linear(1, 1), cfg)
     sched = build_one_cycle(opt, cfg, max_lr, n_train)

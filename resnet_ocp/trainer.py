@@ -1,196 +1,292 @@
-"""A whole run: data, model, LR range test, One-Cycle training, checkpoints and run directory.
-
-Run-directory contract (later commands such as ``report`` rely on it): ``config.json``,
-``run.json`` (precision, processes, device and versions of each start or resume),
-``history.json``, ``steps.csv``, ``tensorboard/``, ``checkpoints/``, ``model.safetensors``,
-``predictions.csv``, ``summary.json`` and, when the range test ran, ``lr_finder.json``.
+"""A whole run as a list of named phases: start, data, parts, peak LR, schedule, resume,
+epochs, finish. ``run`` reads as that list; each phase is a function that can be called and
+tested on its own. The run directory's files are described in ``resnet_ocp.rundir``.
 """
 
 from __future__ import annotations
 
-import csv
-import math
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import set_seed
 
-from resnet_ocp.augment import epoch_params
-from resnet_ocp.checkpoint import (
-    atomic_path,
-    latest_checkpoint,
-    read_json,
-    read_steps,
-    save_checkpoint,
-    write_json,
-    write_steps,
-)
+from resnet_ocp.atomic import read_json, write_json
+from resnet_ocp.checkpoint import latest_checkpoint, save_checkpoint
 from resnet_ocp.config import Config
-from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
-from resnet_ocp.engine import DeviceSplit, evaluate, load_accuracy_metric, recompute_bn_stats, train_one_epoch
-from resnet_ocp.launch import RunError, make_accelerator, record_session
+from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_loaders
+from resnet_ocp.engine import DeviceSplit, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
+from resnet_ocp.errors import RunError
+from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
 from resnet_ocp.model import count_parameters, for_config, summary
+from resnet_ocp.rundir import open_run_dir, read_steps, write_predictions, write_steps
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
-
-# Training images whose statistics the EMA model's batch norms get before each evaluation: 512 to
-# 4,096 all gave 71.3-71.7% at epoch 2 of the proxy (recompute_bn_stats); 1,024 forward passes are 0.7% of an epoch's FLOPs.
-EMA_BN_IMAGES = 1024
+from resnet_ocp.session import make_accelerator, record_session
 
 
-def _run_dir(accelerator: Accelerator, cfg: Config) -> Path:
-    """The run directory, decided on the main process and shared (timestamps differ across processes)."""
-    chosen = [cfg.output_dir or time.strftime("runs/%Y%m%d-%H%M%S")]
-    broadcast_object_list(chosen)
-    run_dir = Path(chosen[0])
-    if cfg.resume is None and (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir")
-    if cfg.resume is not None and (run_dir / "model.safetensors").exists():
-        raise RunError(f"{run_dir} has finished (model.safetensors exists); start a new run with another --output-dir")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return run_dir
+@dataclass
+class Progress:
+    """What a run has done so far: epoch records (history.json) and step rows (steps.csv)."""
+
+    epochs_done: int = 0
+    history: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
 
 
 def run(cfg: Config) -> dict:
     """Train (or resume) one run described by ``cfg`` and return its result.
 
     Args:
-        cfg: the run configuration.
+        cfg: the run configuration (``max_lr`` None: the LR range test chooses it).
 
     Returns:
         dict with ``run_dir``, ``config`` (resolved), ``history``, ``max_lr``, and when the
-        schedule finished ``final_accuracy``.
+        schedule finished ``final_accuracy``; with ``--lr-find-only`` also ``lr_finder``.
     """
     accelerator = make_accelerator(cfg)
-    run_dir = _run_dir(accelerator, cfg)
+    run_dir = open_run_dir(accelerator, cfg.output_dir, resuming=cfg.resume is not None)
+    start_session(accelerator, run_dir)
+    data = load_data(accelerator, cfg)
+    parts = build_parts(accelerator, cfg, data)
+    if cfg.lr_find_only:
+        found = find_peak_lr(parts, cfg, run_dir)
+        accelerator.end_training()
+        return {"run_dir": str(run_dir), "config": cfg.to_dict(), "history": [], "max_lr": found.suggested_lr, "lr_finder": found.to_dict()}
+    resolved = cfg if cfg.max_lr is not None else cfg.replace(max_lr=find_peak_lr(parts, cfg, run_dir).suggested_lr)
+    save_config(accelerator, resolved, run_dir)
+    attach_schedule(parts, resolved, run_dir)
+    progress = restore(parts, resolved, run_dir)
+    metric = load_accuracy_metric()
+    test = None
+    for epoch in range(progress.epochs_done + 1, resolved.stop_epoch + 1):
+        test = run_epoch(parts, resolved, epoch, progress, metric, run_dir)
+    result = {"run_dir": str(run_dir), "config": resolved.to_dict(), "history": progress.history, "max_lr": resolved.max_lr}
+    if resolved.stop_epoch < resolved.epochs:
+        accelerator.print(f"stopped after epoch {resolved.stop_epoch} of {resolved.epochs}; continue with --resume {run_dir}")
+    else:
+        if test is None:  # resumed after the last epoch's checkpoint: only the final writes were missing
+            accelerator.print(f"all {resolved.epochs} epochs were done; evaluating the last checkpoint to finish the run")
+            test, _ = evaluate_parts(parts, resolved, metric)
+        finish(parts, resolved, run_dir, test, data, progress.history)
+        result["final_accuracy"] = test["accuracy"]
+    accelerator.end_training()
+    return result
+
+
+def start_session(accelerator: Accelerator, run_dir: Path) -> None:
+    """Say where the run goes and on what, and append this session to run.json.
+
+    Args:
+        accelerator: the run's Accelerator.
+        run_dir: the run directory.
+    """
     accelerator.print(f"resnet_ocp run in {run_dir}: {accelerator.num_processes} process(es), {accelerator.distributed_type}, "
                       f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
     record_session(accelerator, run_dir)
+
+
+def load_data(accelerator: Accelerator, cfg: Config) -> Cifar:
+    """Load (on the main process first, which fills the decoded cache) and describe the data.
+
+    Args:
+        accelerator: the run's Accelerator.
+        cfg: the run configuration (source, cache, subsets).
+    """
     with accelerator.main_process_first():
         data = load_cifar(cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
-    n_train, n_test = len(data.train), len(data.test)
-    accelerator.print(f"data: {cfg.data}: {n_train} train / {n_test} test images, classes {data.classes}")
+    accelerator.print(f"data: {cfg.data}: {len(data.train)} train / {len(data.test)} test images, classes {data.classes}")
     accelerator.print(f"config:\n{cfg.to_json()}")
+    return data
 
+
+def build_parts(accelerator: Accelerator, cfg: Config, data: Cifar) -> TrainingParts:
+    """The seeded model, optimizer, device-resident splits and index loaders, prepared by Accelerate.
+
+    Args:
+        accelerator: the run's Accelerator.
+        cfg: the run configuration.
+        data: the loaded splits.
+    """
     set_seed(cfg.seed)
     model = for_config(cfg, len(data.classes))
     accelerator.print(summary(model))
     accelerator.print(f"trainable parameters: {count_parameters(model):,}")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-
     device = accelerator.device
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
     train_split = DeviceSplit(data.train.images.to(device), data.train.labels.to(device), mean, std)
     test_split = DeviceSplit(data.test.images.to(device), data.test.labels.to(device), mean, std)
     per_process = cfg.batch_size // (accelerator.num_processes * cfg.grad_accum)
-    train_loader, test_loader = make_loaders(n_train, n_test, per_process, cfg.eval_batch_size, cfg.seed)
+    train_loader, test_loader = make_loaders(len(data.train), len(data.test), per_process, cfg.eval_batch_size, cfg.seed)
     optimizer = build_optimizer(model, cfg)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    per_epoch = steps_per_epoch(n_train, cfg.batch_size)
-    if math.ceil(len(train_loader) / cfg.grad_accum) != per_epoch:
+    per_epoch = steps_per_epoch(len(data.train), cfg.batch_size)
+    if -(-len(train_loader) // cfg.grad_accum) != per_epoch:
         raise RunError(f"the prepared loader gives {len(train_loader)} batches per process, not the {per_epoch} optimizer steps the schedule expects")
+    return TrainingParts(accelerator, model, optimizer, train_loader, test_loader, train_split, test_split)
 
-    if cfg.max_lr is None or cfg.lr_find_only:
-        from resnet_ocp.lr_finder import run_range_test
 
-        found = run_range_test(accelerator, model, optimizer, train_loader, train_split, cfg, run_dir)
-        if cfg.lr_find_only:
-            accelerator.end_training()
-            return {"run_dir": str(run_dir), "config": cfg.to_dict(), "history": [], "max_lr": found.suggested_lr,
-                    "lr_finder": found.to_dict()}
-        cfg = cfg.replace(max_lr=found.suggested_lr)
-        accelerator.print(f"max_lr = {cfg.max_lr:.6g} (from the LR range test; saved in config.json)")
+def find_peak_lr(parts: TrainingParts, cfg: Config, run_dir: Path) -> RangeTestResult:
+    """Run the LR range test, write ``lr_finder.json`` and ``lr_finder.png``, and return its
+    result; raise ``LRFinderError`` (after writing the files) when it suggests nothing.
+
+    Args:
+        parts: the prepared training objects (no scheduler yet).
+        cfg: the run configuration.
+        run_dir: the run directory.
+    """
+    accelerator = parts.accelerator
+    found = agreed_range_test(parts, cfg)
+    if accelerator.is_main_process:
+        from resnet_ocp.report import plot_lr_finder
+
+        write_json(run_dir / "lr_finder.json", found.to_dict())
+        plot_lr_finder(found.to_dict(), run_dir / "lr_finder.png")
+    accelerator.wait_for_everyone()
+    if found.suggested_lr is None:
+        raise LRFinderError(f"LR range test gave no suggestion: {found.message}; or pass --max-lr explicitly")
+    accelerator.print(f"Suggested max LR: {found.suggested_lr:.6g} ({found.message})")
+    if cfg.max_lr is None and not cfg.lr_find_only:
+        accelerator.print(f"max_lr = {found.suggested_lr:.6g} (from the LR range test; saved in config.json)")
+    return found
+
+
+def save_config(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
+    """Write config.json (with the peak LR) for a new run; a resumed run keeps its own.
+
+    Args:
+        accelerator: the run's Accelerator.
+        cfg: the resolved configuration.
+        run_dir: the run directory.
+    """
     if accelerator.is_main_process and cfg.resume is None:
         write_json(run_dir / "config.json", cfg.to_dict())
 
-    scheduler = accelerator.prepare(build_one_cycle(optimizer.optimizer, cfg, cfg.max_lr, n_train))
+
+def attach_schedule(parts: TrainingParts, cfg: Config, run_dir: Path) -> None:
+    """Give the parts their OneCycleLR, the TensorBoard tracker and, with ``--ema``, the weight EMA.
+
+    Args:
+        parts: the prepared training objects; ``scheduler`` and ``ema`` are set here.
+        cfg: the resolved configuration (``max_lr`` set).
+        run_dir: the run directory (TensorBoard logs go to ``run_dir/tensorboard``).
+    """
+    accelerator = parts.accelerator
+    n_train = len(parts.train_split.labels)
+    parts.scheduler = accelerator.prepare(build_one_cycle(parts.optimizer.optimizer, cfg, cfg.max_lr, n_train))
     accelerator.project_configuration.set_directories(str(run_dir))
     accelerator.project_configuration.logging_dir = str(run_dir)
-    accelerator.init_trackers("tensorboard", config={k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()})
-
-    ema = None
+    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
+    accelerator.init_trackers("tensorboard", config=hparams)
     if cfg.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         # BN statistics are not averaged (averaged ones scored 32% where the live model scored 70%):
         # they are recomputed for the averaged weights before each evaluation, see recompute_bn_stats.
-        ema = AveragedModel(accelerator.unwrap_model(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
-        accelerator.register_for_checkpointing(ema)
-    history: list[dict] = []
-    rows: list[dict] = []
-    start_epoch = 1
-    if cfg.resume is not None:
-        found_ckpt = latest_checkpoint(run_dir)
-        if found_ckpt is None:
-            # Interrupted inside epoch 1: nothing to restore, the saved config (with its peak LR) starts afresh.
-            accelerator.print(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1 with the saved config")
-        else:
-            done, path = found_ckpt
-            accelerator.load_state(str(path))
-            start_epoch = done + 1
-            history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done]
-            rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done]
-            accelerator.print(f"resumed {run_dir} after epoch {done} (step {len(rows)})")
+        parts.ema = AveragedModel(accelerator.unwrap_model(parts.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+        accelerator.register_for_checkpointing(parts.ema)
 
-    metric = load_accuracy_metric()
-    test = None
-    for epoch in range(start_epoch, cfg.last_epoch + 1):
-        accelerator.print(f"Epoch {epoch}/{cfg.epochs}")
-        params = epoch_params(n_train, cfg.seed, epoch, cfg.crop_padding, cfg.cutout, cfg.flip).to(device)
-        train = train_one_epoch(
-            accelerator, model, optimizer, scheduler, train_loader, train_split, params,
-            epoch=epoch, step_offset=len(rows), batch_size=cfg.batch_size, padding=cfg.crop_padding,
-            cutout_size=cfg.cutout, label_smoothing=cfg.label_smoothing, channels_last=cfg.channels_last,
-            log_every=cfg.log_every, progress=cfg.progress, ema=ema,
-        )
-        eval_start = time.perf_counter()
-        with accelerator.autocast():
-            if ema is not None:
-                recompute_bn_stats(ema.module, train_split, EMA_BN_IMAGES, cfg.eval_batch_size, cfg.channels_last)
-            test = evaluate(accelerator, ema.module if ema else model, test_loader, test_split, metric,
-                            channels_last=cfg.channels_last, tta=cfg.tta)
-        eval_seconds = time.perf_counter() - eval_start
-        accelerator.print(
-            f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} ({100 * test['accuracy']:.2f}%)"
-        )
-        record = {
-            "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-            "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": train["lr"],
-            "seconds": train["seconds"] + eval_seconds, "images_per_second": train["images_per_second"],
-            "eval_seconds": eval_seconds, "test_samples": int(test["indices"].unique().numel()),
-        }
-        history.append(record)
-        rows += train["rows"]
-        accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        if accelerator.is_main_process:
-            write_steps(run_dir / "steps.csv", rows)
-            write_json(run_dir / "history.json", history)
-        save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints)
 
-    result = {"run_dir": str(run_dir), "config": cfg.to_dict(), "history": history, "max_lr": cfg.max_lr}
-    if cfg.last_epoch < cfg.epochs:
-        accelerator.print(f"stopped after epoch {cfg.last_epoch} of {cfg.epochs}; continue with --resume {run_dir}")
-    elif test is not None:
-        _finish(accelerator, ema.module if ema else model, run_dir, test, data.classes)
-        result["final_accuracy"] = test["accuracy"]
-        if accelerator.is_main_process:
-            from resnet_ocp.report import describe, make_report, summarize
+def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:
+    """For ``--resume``, load the newest complete checkpoint and the records up to it.
 
-            accelerator.print(describe(summarize(history)))
+    Args:
+        parts: the prepared training objects with their scheduler (and EMA).
+        cfg: the resolved configuration.
+        run_dir: the run directory.
 
-            # The last evaluation's predictions, not a second pass over the test set (66 s on this CPU in fp32).
-            order = test["indices"].argsort()
-            pictures = make_report(run_dir, data=data, predictions=(test["predictions"][order], test["confidences"][order]))
-            accelerator.print("pictures: " + ", ".join(p.name for p in pictures))
-            _log_picture(accelerator, run_dir / "misclassified.png", cfg.epochs)
-        accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return result
+    Returns:
+        The progress to continue from (nothing done for a new run or one without checkpoints).
+    """
+    accelerator = parts.accelerator
+    if cfg.resume is None:
+        return Progress()
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        # Interrupted inside epoch 1: nothing to restore, the saved config (with its peak LR) starts afresh.
+        accelerator.print(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1 with the saved config")
+        return Progress()
+    done, path = found
+    accelerator.load_state(str(path))
+    history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done]
+    rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done]
+    accelerator.print(f"resumed {run_dir} after epoch {done} (step {len(rows)})")
+    return Progress(done, history, rows)
+
+
+def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress, metric, run_dir: Path) -> dict:
+    """Train one epoch, test, record it (history, steps, TensorBoard) and checkpoint.
+
+    Args:
+        parts: the prepared training objects with their scheduler.
+        cfg: the resolved configuration.
+        epoch: the 1-based epoch to run.
+        progress: the run's records so far; this epoch's are appended.
+        metric: the ``evaluate`` accuracy metric.
+        run_dir: the run directory.
+
+    Returns:
+        The epoch's test result (``engine.evaluate``).
+    """
+    accelerator = parts.accelerator
+    accelerator.print(f"Epoch {epoch}/{cfg.epochs}")
+    train = train_one_epoch(parts, cfg, epoch, step_offset=len(progress.rows))
+    test, eval_seconds = evaluate_parts(parts, cfg, metric)
+    accelerator.print(f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} ({100 * test['accuracy']:.2f}%)")
+    record = {
+        "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+        "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": train["lr"],
+        "seconds": train["seconds"] + eval_seconds, "images_per_second": train["images_per_second"],
+        "eval_seconds": eval_seconds, "test_samples": int(test["indices"].unique().numel()),
+    }
+    progress.history.append(record)
+    progress.rows += train["rows"]
+    progress.epochs_done = epoch
+    accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+    if accelerator.is_main_process:
+        write_steps(run_dir / "steps.csv", progress.rows)
+        write_json(run_dir / "history.json", progress.history)
+    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints)
+    return test
+
+
+def finish(parts: TrainingParts, cfg: Config, run_dir: Path, test: dict, data: Cifar, history: list[dict]) -> None:
+    """Write the final predictions, summary and pictures, then the weights.
+
+    ``model.safetensors`` is written last: its presence marks a finished run, so a run killed
+    anywhere before it can still be resumed and finished.
+
+    Args:
+        parts: the prepared training objects.
+        cfg: the resolved configuration.
+        run_dir: the run directory.
+        test: the last test pass's result.
+        data: the loaded splits (for the pictures).
+        history: the run's epoch records.
+    """
+    from safetensors.torch import save_file
+
+    from resnet_ocp.atomic import atomic_path
+    from resnet_ocp.report import describe, make_report, summarize
+
+    accelerator = parts.accelerator
+    state = accelerator.get_state_dict(parts.evaluated_model)
+    if accelerator.is_main_process:
+        write_predictions(run_dir / "predictions.csv", test)
+        accelerator.print(describe(summarize(history)))
+        weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        model = for_config(cfg, len(data.classes))
+        model.load_state_dict(weights)
+        order = test["indices"].argsort()
+        # The last evaluation's predictions, not a second pass over the test set.
+        pictures = make_report(run_dir, data=data, predictions=(test["predictions"][order], test["confidences"][order]), model=model)
+        accelerator.print("pictures: " + ", ".join(p.name for p in pictures))
+        _log_picture(accelerator, run_dir / "misclassified.png", cfg.epochs)
+        with atomic_path(run_dir / "model.safetensors") as tmp:
+            save_file(weights, tmp, metadata={"classes": ",".join(data.classes)})
+    accelerator.wait_for_everyone()
 
 
 def _log_picture(accelerator: Accelerator, path: Path, step: int) -> None:
@@ -201,21 +297,3 @@ def _log_picture(accelerator: Accelerator, path: Path, step: int) -> None:
     with Image.open(path) as img:
         pixels = np.asarray(img.convert("RGB"))
     accelerator.get_tracker("tensorboard").writer.add_image(path.stem, pixels, step, dataformats="HWC")
-
-
-def _finish(accelerator: Accelerator, model, run_dir: Path, test: dict, classes: list[str]) -> None:
-    """Write the final weights and the per-sample test predictions (main process, atomically)."""
-    from safetensors.torch import save_file
-
-    state = accelerator.get_state_dict(model)
-    if accelerator.is_main_process:
-        with atomic_path(run_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "label", "prediction", "confidence"])
-            order = test["indices"].argsort().tolist()
-            columns = [test[k][order].tolist() for k in ("indices", "labels", "predictions", "confidences")]
-            for index, label, pred, conf in zip(*columns):
-                writer.writerow([index, label, pred, f"{conf:.6f}"])
-        with atomic_path(run_dir / "model.safetensors") as tmp:
-            save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata={"classes": ",".join(classes)})
-    accelerator.wait_for_everyone()

@@ -1,10 +1,11 @@
-"""How a run's processes and precision are set up, checked and recorded.
+"""A session: one start or resume of a run, its Accelerator, and what it ran on.
 
 ``make_accelerator`` builds the one Accelerator of a run from the ``accelerate launch``
 config; the checks turn launch mistakes into one-line errors before any work; and
 ``record_session`` appends to ``run.json`` what each start or resume ran on (precision,
-processes, device, versions), which ``evaluate`` uses to reproduce the recorded accuracy in
-the same precision.
+processes, device, CPU vendor and instruction set, versions), which ``evaluate`` uses to
+reproduce the recorded accuracy in the same precision and to know whether its kernels were
+the same.
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 
-from resnet_ocp.checkpoint import read_json, write_json
+from resnet_ocp.atomic import read_json, write_json
 from resnet_ocp.config import Config
+from resnet_ocp.errors import RunError
 
 
-class RunError(RuntimeError):
-    """A run cannot start or go on; the message is one line saying what to do."""
-
-
-def _has_accelerator_device() -> bool:
+def has_accelerator_device() -> bool:
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
     return torch.cuda.is_available()
@@ -38,11 +36,11 @@ def make_accelerator(cfg: Config) -> Accelerator:
     ``cpu=True`` so that a torchrun-style launch of N processes forms one gloo group."""
     try:
         accelerator = Accelerator(
-            cpu=not _has_accelerator_device(),
+            cpu=not has_accelerator_device(),
             gradient_accumulation_steps=cfg.grad_accum,
             step_scheduler_with_optimizer=False,
             log_with="tensorboard",
-            # Placeholder: the run directory is agreed across processes later (trainer._run_dir).
+            # Placeholder: the run directory is agreed across processes later (rundir.open_run_dir).
             project_config=ProjectConfiguration(project_dir=".", logging_dir="."),
         )
     except ValueError as exc:  # e.g. WORLD_SIZE set without MASTER_ADDR: a launch problem
@@ -63,10 +61,9 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 
 def slow_precision_warning(device_type: str, mixed_precision: str, bf16_native: bool | None = None) -> str | None:
-    """A warning when bf16 autocast is asked for on a CPU that only emulates bf16.
-
-    Measured on an AVX2-only AMD EPYC: 2.8 img/s in bf16 against 45.6 img/s in fp32 (benchmarks/cpu_precision.py), a 2-hour
-    run turned into days; the user must hear about it at the start, not after an epoch.
+    """A warning when bf16 autocast is asked for on a CPU that only emulates bf16: there it is
+    an order of magnitude slower than fp32 (docs/performance.md), which turns a 2-hour run into
+    days, so the user hears about it at the start, not after an epoch.
 
     Args:
         device_type: the training device's type (``cpu``, ``cuda``...).
@@ -80,8 +77,8 @@ def slow_precision_warning(device_type: str, mixed_precision: str, bf16_native: 
     if bf16_native:
         return None
     return (
-        f"WARNING: bf16 autocast on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}): about 15x slower "
-        "than fp32 here; use --config_file accelerate_configs/cpu_fp32.yaml"
+        f"WARNING: bf16 autocast on a CPU without native bf16 ({torch.backends.cpu.get_cpu_capability()}): an order of "
+        "magnitude slower than fp32; use --config_file accelerate_configs/cpu_fp32.yaml"
     )
 
 
@@ -101,14 +98,49 @@ def check_world_size(num_processes: int, environ) -> None:
         )
 
 
-def _cpu_name() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return info
+
+
+def cpu_identity() -> dict:
+    """The CPU facts that decide which bf16 kernels run: vendor, model name, torch's capability
+    level, and the native bf16 instructions (AMX on Intel Sapphire Rapids, AVX-512 BF16 on AMD
+    Zen 4); two CPUs agreeing on all of them run the same oneDNN kernels."""
+    info = _cpuinfo()
+    flags = set(info.get("flags", "").split())
+    return {
+        "cpu_vendor": info.get("vendor_id", platform.machine()),
+        "cpu_name": info.get("model name", platform.processor() or platform.machine()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": sorted(flags & {"amx_bf16", "avx512_bf16"}),
+    }
+
+
+def same_cpu_kernels(recorded: dict, here: dict | None = None) -> bool:
+    """Whether a ``run.json`` session ran on a CPU that runs the same oneDNN kernels as this
+    one (vendor, capability level and native bf16 instructions agree), so that its recorded
+    outputs can be reproduced bit for bit here. Sessions recorded without ``cpu_vendor`` get
+    it from their CPU's name.
+
+    Args:
+        recorded: a session entry of ``run.json``.
+        here: ``cpu_identity()`` of the machine to compare with (default: this one).
+    """
+    here = here or cpu_identity()
+    name = recorded.get("device_name", "")
+    vendor = recorded.get("cpu_vendor") or ("AuthenticAMD" if "AMD" in name else "GenuineIntel" if "Intel" in name else name)
+    same = vendor == here["cpu_vendor"] and recorded.get("cpu_capability") == here["cpu_capability"]
+    return same and ("cpu_bf16" not in recorded or recorded["cpu_bf16"] == here["cpu_bf16"])
 
 
 def environment(accelerator: Accelerator) -> dict:
@@ -116,13 +148,14 @@ def environment(accelerator: Accelerator) -> dict:
     import accelerate
 
     device = accelerator.device
+    cpu = cpu_identity()
     return {
         "mixed_precision": accelerator.mixed_precision,
         "num_processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu["cpu_name"],
+        **cpu,
         "cpu_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "accelerate": accelerate.__version__,

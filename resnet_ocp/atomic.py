@@ -1,0 +1,63 @@
+"""Files written so that no reader ever sees half of one: write beside, then rename.
+
+``os.replace`` is atomic on POSIX filesystems, so a file at its final name is either the old
+version or the complete new one, whatever moment a run is killed at. Every writer in the
+project (run directory, data cache, checkpoints' markers, pictures) goes through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Args:
+        path: the final file (or directory) name.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield str(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically.
+
+    Args:
+        path: the file to (re)place.
+        text: its whole content.
+    """
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically.
+
+    Args:
+        path: the file to (re)place.
+        obj: anything ``json.dumps`` accepts.
+    """
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file.
+
+    Args:
+        path: the file.
+    """
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,93 @@
+"""The run directory: where it is, what guards it, and the formats of its files.
+
+Contract (``report``, ``evaluate`` and the tests rely on it): ``config.json``, ``run.json``
+(precision, processes, device and versions of each start or resume), ``history.json``,
+``steps.csv``, ``tensorboard/``, ``checkpoints/``, ``model.safetensors``, ``predictions.csv``,
+``summary.json``, the pictures and, when the range test ran, ``lr_finder.json``. Every file is
+written atomically (``resnet_ocp.atomic``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from resnet_ocp.atomic import atomic_path
+from resnet_ocp.errors import RunError
+
+STEP_FIELDS = ("step", "epoch", "samples", "lr", "momentum", "loss")
+# Older steps.csv files (the records under results/ among them) call the momentum column beta1.
+_LEGACY_STEP_FIELDS = {"beta1": "momentum"}
+PREDICTION_FIELDS = ("index", "label", "prediction", "confidence")
+
+
+def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Path:
+    """The run directory, chosen on the main process, shared, guarded and created.
+
+    Args:
+        accelerator: the run's Accelerator (timestamps differ across processes, so the main
+            process's choice is broadcast).
+        output_dir: the requested directory, or None for ``runs/<timestamp>``.
+        resuming: whether this invocation continues a run (``--resume``).
+    """
+    from accelerate.utils import broadcast_object_list
+
+    chosen = [output_dir or time.strftime("runs/%Y%m%d-%H%M%S")]
+    broadcast_object_list(chosen)
+    run_dir = Path(chosen[0])
+    if not resuming and (run_dir / "config.json").exists():
+        raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir")
+    if resuming and (run_dir / "model.safetensors").exists():
+        raise RunError(f"{run_dir} has finished (model.safetensors exists); start a new run with another --output-dir")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def write_steps(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Write all of ``steps.csv`` atomically (small: about 2,400 rows for 24 epochs).
+
+    Args:
+        path: the file.
+        rows: one dict per optimizer step with the keys of ``STEP_FIELDS``.
+    """
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=STEP_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def read_steps(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read ``steps.csv`` with numeric columns parsed (older files' ``beta1`` column as ``momentum``).
+
+    Args:
+        path: the file.
+    """
+    types = {"step": int, "epoch": int, "samples": int, "lr": float, "momentum": float, "loss": float}
+    with open(path, newline="") as f:
+        rows = []
+        for raw in csv.DictReader(f):
+            row = {_LEGACY_STEP_FIELDS.get(k, k): v for k, v in raw.items()}
+            rows.append({k: types[k](row[k]) for k in STEP_FIELDS})
+        return rows
+
+
+def write_predictions(path: str | os.PathLike, test: dict) -> None:
+    """Write ``predictions.csv`` (one row per test image, in dataset order) atomically.
+
+    Args:
+        path: the file.
+        test: an ``engine.evaluate`` result (``indices``, ``labels``, ``predictions``, ``confidences``).
+    """
+    order = test["indices"].argsort().tolist()
+    columns = [test[k][order].tolist() for k in ("indices", "labels", "predictions", "confidences")]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(PREDICTION_FIELDS)
+        for index, label, pred, conf in zip(*columns):
+            writer.writerow([index, label, pred, f"{conf:.6f}"])
