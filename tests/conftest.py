@@ -7,6 +7,9 @@ tests can assert learning well above chance in seconds.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -81,13 +84,37 @@ def fresh_accelerate_state():
     reset_accelerate()
 
 
-def tiny_args(data: Path, cache: Path, out: Path, *extra: str) -> list[str]:
-    """CLI arguments of a fast run on the tiny set: narrow network, small batches, 2 epochs."""
+TINY_MAX_LR = 0.02
+# A range test that fits the tiny set: 30 steps up to 0.5, where its loss is still falling.
+TINY_RANGE_TEST = ("--lr-find-iters", "30", "--lr-find-end", "0.5")
+
+
+def tiny_args(data: Path, cache: Path, out: Path, *extra: str, max_lr: float | None = TINY_MAX_LR) -> list[str]:
+    """CLI arguments of a fast run on the tiny set: narrow network, small batches, 2 epochs.
+
+    ``max_lr=None`` leaves the peak LR to the LR range test.
+    """
     return [
         "--data", str(data), "--cache-dir", str(cache), "--output-dir", str(out), "--width", "8",
         "--batch-size", "20", "--eval-batch-size", "32", "--epochs", "2", "--peak-epoch", "1",
-        "--max-lr", "0.02", "--no-progress", *extra,
+        *(["--max-lr", str(max_lr)] if max_lr is not None else []), "--no-progress", *extra,
     ]
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: str, argv: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``accelerate launch --config_file accelerate_configs/<config> train.py <argv>`` as a real
+    subprocess, on a free rendezvous port, returning its exit status and output."""
+    env = {**os.environ, **(env_extra or {})}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
+           "--main_process_port", str(free_port()), str(REPO / "train.py"), *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="session")
@@ -96,8 +123,6 @@ def finished_run(tiny_data, cache_dir, tmp_path_factory) -> dict:
     from resnet_ocp.cli import main
 
     out = tmp_path_factory.mktemp("runs") / "finished"
-    args = tiny_args(tiny_data, cache_dir, out)
-    args = [a for a in args if a not in ("--max-lr", "0.02")] + ["--lr-find-iters", "30", "--lr-find-end", "0.5"]
-    result = main(args)
+    result = main(tiny_args(tiny_data, cache_dir, out, *TINY_RANGE_TEST, max_lr=None))
     reset_accelerate()
     return result

@@ -25,10 +25,15 @@ def test_every_config_field_is_an_option():
     (["--batch-size", "500", "--grad-accum", "3"], "must be divisible by --grad-accum"),
     (["--max-lr", "-1"], "--max-lr must be a positive number"),
     (["--train-samples", "5"], "must be at least 10"),
-    (["--lr-find-rule", "magic"], "--lr-find-rule must be steepest, valley or min10"),
+    (["--lr-find-rule", "magic"], "argument --lr-find-rule: invalid choice: 'magic'"),
+    (["--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
+    (["--lr-find-iters", "5"], "--lr-find-iters must be at least 20"),
+    (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
 ])
 def test_bad_values_end_with_one_error_line(argv, fragment, capsys):
-    """Invalid options exit with status 2 and a single line naming the option and the fix."""
+    """Invalid options, argparse's own refusals included, exit with status 2 and a single line
+    naming the option and the fix, before any data loads."""
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
@@ -36,10 +41,23 @@ def test_bad_values_end_with_one_error_line(argv, fragment, capsys):
     assert err.startswith("error: ") and fragment in err and "\n" not in err
 
 
-def test_config_rejects_unknown_keys():
-    """A config.json with a stray key is refused with a clear message."""
+def test_config_rejects_unknown_keys_and_bad_choices():
+    """A config.json with a stray key or a choice outside its Literal is refused with a clear message."""
     with pytest.raises(ConfigError, match="unknown config keys"):
         Config.from_dict({"epochs": 3, "epoch": 4})
+    with pytest.raises(ConfigError, match="--optimizer must be one of adam, adamw, sgd, got 'lamb'"):
+        Config.from_dict({"optimizer": "lamb"})
+
+
+def test_old_momentum_spellings_still_work():
+    """Flags and config.json keys from before the momentum rename (--cycle-beta1, --beta1-max,
+    --beta1-min; cycle_beta1, beta1_max, beta1_min) set the renamed fields."""
+    from resnet_ocp.cli import resolve_config
+
+    args = vars(build_parser().parse_args(["--no-cycle-beta1", "--beta1-max", "0.9", "--beta1-min", "0.8"]))
+    cfg = resolve_config(args)
+    assert (cfg.cycle_momentum, cfg.momentum_max, cfg.momentum_min) == (False, 0.9, 0.8)
+    assert Config.from_dict({"cycle_beta1": False, "beta1_max": 0.9, "beta1_min": 0.8}) == cfg
 
 
 def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_run, tiny_data, cache_dir, capsys):
@@ -92,7 +110,7 @@ def test_preset_is_the_recipe_of_its_committed_run(preset, record):
     """Each SGD preset reproduces the configuration of the committed run it was measured by
     (``fast``: results/fast-8ep, 92.11% in 8 epochs; ``sgd24``: results/sgd-24ep) in every
     field that shapes training."""
-    recorded = json.loads((REPO / "results" / record / "config.json").read_text())
+    recorded = Config.from_dict(json.loads((REPO / "results" / record / "config.json").read_text())).to_dict()
     run_only = {*RESUME_FREE_FIELDS, "data", "output_dir", "cache_dir"}
     config = Config.from_preset(preset).to_dict()
     assert {k: v for k, v in recorded.items() if k not in run_only} == {k: v for k, v in config.items() if k not in run_only}
@@ -116,3 +134,17 @@ def test_readme_records_table_agrees_with_the_committed_summaries():
         expected = [f"{summary['final_accuracy'] * 100:.2f}", _cell(reached["0.90"]), _cell(reached["0.92"]),
                     _cell(reached["0.94"]), f"{summary['seconds'] / 60:.1f}"]
         assert [rows[name][2].strip("*"), *rows[name][3:]] == expected, name
+
+
+def test_older_run_files_still_read():
+    """A committed record's steps.csv (momentum column still named beta1) and config.json (beta1_*
+    keys) load under today's names, with the values their files hold."""
+    from resnet_ocp.rundir import read_steps
+
+    record = REPO / "results" / "sgd-24ep"
+    header = (record / "steps.csv").read_text().splitlines()[0]
+    assert header == "step,epoch,samples,lr,beta1,loss"
+    rows = read_steps(record / "steps.csv")
+    assert len(rows) == 24 * 98 and {r["momentum"] for r in rows} == {0.9}
+    saved = json.loads((record / "config.json").read_text())
+    assert Config.from_dict(saved).momentum_max == saved["beta1_max"] == 0.9

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from conftest import reset_accelerate, tiny_args
+from conftest import REPO, reset_accelerate, tiny_args
 from resnet_ocp.cli import main
 from resnet_ocp.engine import predict_logits
 from resnet_ocp.evaluate import main as evaluate_main
@@ -53,3 +53,18 @@ def test_unfinished_directory_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         evaluate_main([str(tmp_path)])
     assert info.value.code == 2 and "lacks config.json, model.safetensors" in capsys.readouterr().err
+
+
+def test_a_record_is_reproducible_bit_for_bit_only_on_its_own_kernels():
+    """same_cpu_kernels: a session recorded on an AMD Zen 4 (AVX512, the records' run.json, which
+    predates cpu_vendor) matches a Zen 4 and neither an Intel Sapphire Rapids with the same
+    capability level nor an AVX2-only AMD; a session with cpu_bf16 recorded must agree on it."""
+    from resnet_ocp.session import same_cpu_kernels
+
+    record = json.loads((REPO / "results" / "sgd-24ep" / "run.json").read_text())["sessions"][-1]
+    zen4 = {"cpu_vendor": "AuthenticAMD", "cpu_capability": "AVX512", "cpu_bf16": ["avx512_bf16"]}
+    sapphire = {"cpu_vendor": "GenuineIntel", "cpu_capability": "AVX512", "cpu_bf16": ["amx_bf16", "avx512_bf16"]}
+    milan = {"cpu_vendor": "AuthenticAMD", "cpu_capability": "AVX2", "cpu_bf16": []}
+    assert [same_cpu_kernels(record, cpu) for cpu in (zen4, sapphire, milan)] == [True, False, False]
+    assert same_cpu_kernels({**record, **sapphire}, sapphire)
+    assert not same_cpu_kernels({**record, **zen4, "cpu_bf16": []}, zen4)

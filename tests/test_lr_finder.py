@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_args
+from conftest import TINY_RANGE_TEST, launch, tiny_args
 from resnet_ocp.cli import main
-from resnet_ocp.lr_finder import LRFinderError, range_test, suggest
+from resnet_ocp.config import MIN_LR_FIND_ITERS, Config, ConfigError
+from resnet_ocp.lr_finder import range_test, suggest
 
 
 def test_suggestion_lies_on_the_falling_part_of_the_curve(finished_run):
@@ -60,9 +61,8 @@ def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_di
     """After a sweep, weights, BN buffers, Adam's state and the RNG are bit-identical."""
     from accelerate import Accelerator
 
-    from resnet_ocp.config import Config
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
-    from resnet_ocp.engine import DeviceSplit
+    from resnet_ocp.engine import DeviceSplit, TrainingParts
     from resnet_ocp.model import CustomResNet
     from resnet_ocp.schedule import build_optimizer
 
@@ -79,7 +79,8 @@ def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_di
         opt.step()
         opt.zero_grad()
     before = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), torch.get_rng_state())
-    result = range_test(acc, model, opt, loader, split, num_iter=15, start_lr=1e-4, end_lr=1.0)
+    parts = TrainingParts(acc, model, opt, loader, loader, split, split)
+    result = range_test(parts, Config(lr_find_iters=20, lr_find_start=1e-4, lr_find_end=1.0, progress=False))
     assert len(result.lrs) >= 5
     after = (model.state_dict(), opt.state_dict(), torch.get_rng_state())
     assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
@@ -93,9 +94,8 @@ def test_diverging_sweep_stops_with_a_clear_error_and_keeps_its_record(tiny_data
     """A sweep that explodes at once ends with one error line asking for --max-lr, writes
     lr_finder.json with suggested_lr null, and never trains with a bad LR."""
     out = tmp_path / "div"
-    argv = [a for a in tiny_args(tiny_data, cache_dir, out) if a not in ("--max-lr", "0.02")]
     with pytest.raises(SystemExit) as info:
-        main(argv + ["--lr-find-start", "1000", "--lr-find-end", "1e9", "--lr-find-iters", "30"])
+        main(tiny_args(tiny_data, cache_dir, out, "--lr-find-start", "1000", "--lr-find-end", "1e9", "--lr-find-iters", "30", max_lr=None))
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: LR range test gave no suggestion") and "--max-lr" in err
@@ -107,8 +107,7 @@ def test_diverging_sweep_stops_with_a_clear_error_and_keeps_its_record(tiny_data
 def test_lr_find_only_writes_its_files_and_prints_the_value(tiny_data, cache_dir, tmp_path, capsys):
     """--lr-find-only writes lr_finder.json/.png, prints 'Suggested max LR: <value>', trains nothing."""
     out = tmp_path / "find"
-    argv = [a for a in tiny_args(tiny_data, cache_dir, out) if a not in ("--max-lr", "0.02")]
-    result = main(argv + ["--lr-find-only", "--lr-find-iters", "30", "--lr-find-end", "0.5"])
+    result = main(tiny_args(tiny_data, cache_dir, out, "--lr-find-only", *TINY_RANGE_TEST, max_lr=None))
     printed = capsys.readouterr().out
     assert f"Suggested max LR: {result['max_lr']:.6g}" in printed
     assert (out / "lr_finder.png").stat().st_size > 10_000 and (out / "lr_finder.json").exists()
@@ -118,11 +117,8 @@ def test_lr_find_only_writes_its_files_and_prints_the_value(tiny_data, cache_dir
 def test_two_processes_agree_on_one_suggestion(tiny_data, cache_dir, tmp_path):
     """With 2 processes every process computes the same suggested LR (losses are averaged
     across processes before smoothing)."""
-    from test_training import _launch
-
     out = tmp_path / "find2"
-    argv = [a for a in tiny_args(tiny_data, cache_dir, out) if a not in ("--max-lr", "0.02")]
-    proc = _launch("cpu_multi.yaml", argv + ["--lr-find-only", "--lr-find-iters", "30", "--lr-find-end", "0.5"])
+    proc = launch("cpu_multi.yaml", tiny_args(tiny_data, cache_dir, out, "--lr-find-only", *TINY_RANGE_TEST, max_lr=None))
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "lr_finder.json").read_text())
     assert record["settings"]["processes"] == 2
@@ -137,7 +133,12 @@ def test_unknown_rule_is_refused():
         suggest([1e-3 * k for k in range(1, 40)], [2 - 0.01 * k for k in range(39)], "best")
 
 
-def test_too_few_iterations_is_refused():
-    """A one-step sweep is refused before touching the model."""
-    with pytest.raises(LRFinderError):
-        range_test(None, None, None, None, None, num_iter=1)
+def test_sweep_length_is_checked_against_what_the_rules_need():
+    """A sweep shorter than the rules can use is refused by the config, before any data loads;
+    the shortest allowed sweep still gives every rule enough points for a suggestion."""
+    with pytest.raises(ConfigError, match=f"--lr-find-iters must be at least {MIN_LR_FIND_ITERS}"):
+        Config(lr_find_iters=MIN_LR_FIND_ITERS - 1)
+    lrs = [10 ** (-5 + k / 4) for k in range(MIN_LR_FIND_ITERS)]
+    falling = [3.0 - 0.1 * k for k in range(MIN_LR_FIND_ITERS)]
+    assert all(suggest(lrs, falling, rule)[0] is not None for rule in ("valley", "steepest", "min10"))
+    assert suggest(lrs[:-1], falling[:-1], "valley")[0] is None

@@ -52,20 +52,54 @@ def _records():
     return sorted(p.parent for p in (REPO / "results").glob("*/model.safetensors"))
 
 
+# How many test images a committed record may gain or lose when re-evaluated on kernels other
+# than its own (it is checked exactly where they are the same: vendor, instruction set and precision).
+# - bf16 on Intel Xeon Sapphire Rapids (AMX) against the records' AMD Zen 4: fast-5ep-seed1 9015 for 9014,
+#   sgd-24ep 9425 for 9426, fast-8ep off by an unreported count, reference-24ep exact (issue 14).
+# fast-8ep's count is unknown, so this takes the largest fp32-vs-bf16 gap measured below (4), not twice 1.
+OTHER_BF16_CPU_IMAGES = 4
+# - fp32 on an AMD EPYC with AVX2 only, where bf16 is emulated (an order of magnitude slower), so the
+#   records are re-evaluated in fp32: +2, -4, +1 and -1 images (fast-5ep-seed1, fast-8ep,
+#   reference-24ep, sgd-24ep), measured 2026-12-02 (docs/results.md).
+# Twice the largest difference seen.
+FP32_IMAGES = 8
+
+
+def reevaluation_plan(session: dict) -> tuple[str, int]:
+    """The precision to re-evaluate a record in here, and how many images its count may differ by."""
+    from resnet_ocp.session import same_cpu_kernels
+
+    recorded = session["mixed_precision"]
+    if recorded == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "no", FP32_IMAGES
+    return recorded, 0 if same_cpu_kernels(session) else (OTHER_BF16_CPU_IMAGES if recorded == "bf16" else FP32_IMAGES)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("record", _records(), ids=lambda p: p.name)
 def test_committed_record_reproduces_its_accuracy(record, real):
-    """Every results/<name>/ record: its model.safetensors, evaluated in the precision and batches
-    the run used (run.json), gives exactly the final test accuracy of its history.json, and its
-    summary.json agrees with that history."""
+    """Every results/<name>/ record's model.safetensors, evaluated in the precision and batches the
+    run used (run.json), gives exactly the final test accuracy of its history.json on a CPU with
+    the run's kernels; elsewhere it agrees within the measured tolerance above (in fp32 where
+    this CPU only emulates bf16)."""
     import json
 
     from resnet_ocp.evaluate import evaluate_run
-    from resnet_ocp.report import summarize
 
     session = json.loads((record / "run.json").read_text())["sessions"][-1]
-    if session["mixed_precision"] == "bf16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        pytest.skip("the record was evaluated in bf16; this CPU only emulates bf16 (16x slower than fp32, measured on an AVX2 EPYC)")
+    precision, tolerance = reevaluation_plan(session)
     history = json.loads((record / "history.json").read_text())
-    result = evaluate_run(record, data=str(REAL_DATA))
-    assert result["correct"] == round(history[-1]["test_accuracy"] * 10_000)
+    result = evaluate_run(record, data=str(REAL_DATA), precision=precision)
+    recorded = round(history[-1]["test_accuracy"] * 10_000)
+    assert abs(result["correct"] - recorded) <= tolerance, (precision, result["correct"], recorded)
+
+
+@pytest.mark.parametrize("record", _records(), ids=lambda p: p.name)
+def test_committed_record_summary_agrees_with_its_history(record):
+    """Every results/<name>/summary.json is what report.summarize computes from its history.json."""
+    import json
+
+    from resnet_ocp.report import summarize
+
+    history = json.loads((record / "history.json").read_text())
     assert json.loads((record / "summary.json").read_text()) == summarize(history)

@@ -59,13 +59,34 @@ def test_confusion_counts():
     assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
 
 
-def test_grad_cam_maps_are_normalised_heat_maps():
-    """Grad-CAM gives one [0, 1] map per image at input resolution, peaking at 1."""
+def test_grad_cam_is_the_class_weighted_feature_map():
+    """Grad-CAM of class c is, for this network, ReLU(sum_k W[c, k] * scale / 16 * A_k): the
+    global 4x4 max-pool passes the logit's gradient to one cell per channel, so the averaged
+    gradient of channel k is W[c, k] * scale / 16. The maps equal that closed form, upsampled to
+    the input and scaled to peak at 1 (all zero where no cell has positive evidence), one per
+    image and per requested class."""
     torch.manual_seed(0)
-    model = CustomResNet(width=8)
-    cam = grad_cam(model, torch.randn(3, 3, 32, 32), torch.tensor([1, 2, 3]))
-    assert cam.shape == (3, 32, 32) and cam.min() >= 0
-    assert torch.all((cam.flatten(1).max(1).values == 1) | (cam.flatten(1).max(1).values == 0))
+    model = CustomResNet(width=8, logit_scale=0.5).eval()
+    x, target = torch.randn(3, 3, 32, 32), torch.tensor([1, 2, 3])
+    cam = grad_cam(model, x, target)
+    with torch.no_grad():
+        act = model.features(x)
+    raw = (model.fc.weight[target][:, :, None, None].detach() * 0.5 / 16 * act).sum(1, keepdim=True)
+    assert (raw < 0).any() and (raw > 0).any()  # the ReLU has something to remove
+    expected = torch.nn.functional.interpolate(torch.relu(raw), size=(32, 32), mode="bilinear", align_corners=False)[:, 0]
+    peaks = expected.flatten(1).max(1).values
+    assert (peaks > 0).sum() == 2 and (peaks == 0).sum() == 1  # seed 0: one image has no positive evidence for its class
+    expected = expected / peaks.clamp_min(1e-12)[:, None, None]
+    assert cam.shape == (3, 32, 32)
+    torch.testing.assert_close(cam, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(grad_cam(model, x, torch.tensor([4, 5, 6])), cam)
+
+
+def test_schedule_plot_names_the_optimizer_momentum():
+    """The schedule picture's momentum curve is labelled by what it is: Adam's or AdamW's beta1, or SGD's momentum."""
+    from resnet_ocp.report import momentum_name
+
+    assert [momentum_name(o) for o in ("adam", "adamw", "sgd")] == ["Adam beta1", "AdamW beta1", "SGD momentum"]
 
 
 def test_report_command_regenerates_pictures_and_refuses_unfinished_dirs(finished_run, tmp_path, capsys):

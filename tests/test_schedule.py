@@ -37,15 +37,28 @@ def test_reference_schedule_shape():
 
 
 def test_schedule_never_raises_at_its_end():
-    """Stepping the scheduler after each of total_steps optimizer steps does not raise (the
-    trace does exactly that) and no applied LR is negative."""
-    trace = schedule_trace(Config(epochs=3, peak_epoch=1), max_lr=0.1, n_train=1000)
-    assert len(trace) == 3 * 2 and min(t[0] for t in trace) > 0
+    """A run steps the scheduler after each of its total_steps optimizer steps: the last of
+    those steps does not raise and leaves the final LR (max / div / final_div) applied, while
+    one step more would (OneCycleLR refuses to run past total_steps): the trace that the
+    recorded steps.csv is compared with covers exactly the run."""
+    from resnet_ocp.schedule import build_one_cycle, build_optimizer
+
+    cfg = Config(epochs=3, peak_epoch=1)
+    trace = schedule_trace(cfg, max_lr=0.1, n_train=1000)
+    assert len(trace) == 3 * 2
+    assert trace[-1][0] == pytest.approx(0.1 / cfg.div_factor / cfg.final_div_factor)
+    opt = build_optimizer(torch.nn.Linear(1, 1), cfg)
+    sched = build_one_cycle(opt, cfg, 0.1, 1000)
+    for _ in range(len(trace)):
+        opt.step()
+        sched.step()
+    with pytest.raises(ValueError, match="Tried to step"):
+        sched.step()
 
 
-def test_beta1_cycling_can_be_turned_off():
-    """--no-cycle-beta1 keeps beta1 at beta1_max throughout."""
-    trace = schedule_trace(Config(epochs=2, peak_epoch=1, cycle_beta1=False), max_lr=0.1, n_train=2048)
+def test_momentum_cycling_can_be_turned_off():
+    """--no-cycle-momentum keeps the momentum at --momentum-max throughout."""
+    trace = schedule_trace(Config(epochs=2, peak_epoch=1, cycle_momentum=False), max_lr=0.1, n_train=2048)
     assert {t[1] for t in trace} == {0.95}
 
 

@@ -1,7 +1,7 @@
 """Training end to end on the tiny set: the schedule as applied, learning, resume, and 2 processes."""
 
 import json
-import socket
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, reset_accelerate, tiny_args
-from resnet_ocp.checkpoint import read_steps
+from conftest import REPO, TINY_MAX_LR, launch, reset_accelerate, tiny_args
 from resnet_ocp.cli import main
 from resnet_ocp.config import Config
+from resnet_ocp.rundir import read_steps
 from resnet_ocp.schedule import schedule_trace
 
 HISTORY_KEYS = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "lr", "seconds", "images_per_second"}
@@ -56,10 +56,11 @@ def test_run_directory_contract(reference_run):
     assert lines[0] == "index,label,prediction,confidence" and len(lines) == 101
     (session,) = json.loads((run / "run.json").read_text())["sessions"]
     assert session["mixed_precision"] == "no" and session["num_processes"] == 1 and session["torch"] == torch.__version__
+    assert session["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and session["cpu_vendor"]
 
 
-def test_applied_lr_and_beta1_follow_the_schedule_to_its_end(reference_run):
-    """steps.csv's LR and beta1, read from the optimizer at each step, equal OneCycleLR's
+def test_applied_lr_and_momentum_follow_the_schedule_to_its_end(reference_run):
+    """steps.csv's LR and momentum (Adam's beta1), read from the optimizer at each step, equal OneCycleLR's
     trace step for step, and the last step applies the schedule's final LR."""
     run = Path(reference_run["run_dir"])
     rows = read_steps(run / "steps.csv")
@@ -69,8 +70,8 @@ def test_applied_lr_and_beta1_follow_the_schedule_to_its_end(reference_run):
     assert [r["step"] for r in rows] == list(range(1, 21))
     assert [r["samples"] for r in rows][9:12] == [200, 220, 240]
     assert [r["lr"] for r in rows] == [t[0] for t in trace]
-    assert [r["beta1"] for r in rows] == [t[1] for t in trace]
-    assert rows[-1]["lr"] == pytest.approx(0.02 / 100 / 100)
+    assert [r["momentum"] for r in rows] == [t[1] for t in trace]
+    assert rows[-1]["lr"] == pytest.approx(TINY_MAX_LR / 100 / 100)
 
 
 def test_it_learns_the_tiny_task(reference_run):
@@ -95,28 +96,13 @@ def test_resume_equals_uninterrupted(reference_run, tiny_data, cache_dir, tmp_pa
     assert len(json.loads((out / "run.json").read_text())["sessions"]) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(config: str, argv: list[str], env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, **(env_extra or {})}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
-           "--main_process_port", str(_free_port()), str(REPO / "train.py"), *argv]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
-
-
 def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
     """`accelerate launch` with cpu_multi.yaml runs 2 real processes whose applied LRs equal
     the 1-process run's at every step, whose first-step loss (same samples, split in two)
     is close to it, which end at the schedule's end, count every test sample once, learn, and
     write TensorBoard events and checkpoints."""
     out = tmp_path / "two"
-    proc = _launch("cpu_multi.yaml", tiny_args(tiny_data, cache_dir, out))
+    proc = launch("cpu_multi.yaml", tiny_args(tiny_data, cache_dir, out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es), DistributedType.MULTI_CPU" in proc.stdout
     ref_rows = read_steps(Path(reference_run["run_dir"]) / "steps.csv")
@@ -126,7 +112,7 @@ def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
     # Same samples and weights, but batch norm normalises each process's half-batch with its
     # own statistics, so the first loss agrees only closely, not exactly.
     assert rows[0]["loss"] == pytest.approx(ref_rows[0]["loss"], rel=0.05)
-    assert rows[-1]["lr"] == pytest.approx(0.02 / 100 / 100)
+    assert rows[-1]["lr"] == pytest.approx(TINY_MAX_LR / 100 / 100)
     history = json.loads((out / "history.json").read_text())
     assert history[-1]["test_samples"] == 100 and history[-1]["test_accuracy"] >= 0.6
     indices = [int(line.split(",")[0]) for line in (out / "predictions.csv").read_text().splitlines()[1:]]
@@ -139,7 +125,7 @@ def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
 def test_lone_process_in_a_multi_process_world_is_refused():
     """A process whose environment says WORLD_SIZE=2 but whose Accelerator sees one process
     (a launch that fell back to DistributedType.NO) is refused with one line."""
-    from resnet_ocp.launch import RunError, check_world_size
+    from resnet_ocp.session import RunError, check_world_size
 
     with pytest.raises(RunError, match="WORLD_SIZE=2 but Accelerate sees 1 process"):
         check_world_size(1, {"WORLD_SIZE": "2"})
@@ -168,13 +154,13 @@ def test_gradient_accumulation_keeps_the_schedule(reference_run, tiny_data, cach
     _one_process(tiny_data, cache_dir, out, "--grad-accum", "2")
     rows = read_steps(out / "steps.csv")
     ref = read_steps(Path(reference_run["run_dir"]) / "steps.csv")
-    assert [(r["step"], r["samples"], r["lr"], r["beta1"]) for r in rows] == [(r["step"], r["samples"], r["lr"], r["beta1"]) for r in ref]
+    assert [(r["step"], r["samples"], r["lr"], r["momentum"]) for r in rows] == [(r["step"], r["samples"], r["lr"], r["momentum"]) for r in ref]
 
 
 def test_emulated_bf16_on_cpu_is_warned_about():
     """bf16 on a CPU without native bf16 gets a warning naming the fp32 config; GPUs,
     fp32 and native-bf16 CPUs get none."""
-    from resnet_ocp.launch import slow_precision_warning
+    from resnet_ocp.session import slow_precision_warning
 
     message = slow_precision_warning("cpu", "bf16", bf16_native=False)
     assert message.startswith("WARNING: bf16 autocast on a CPU without native bf16") and "accelerate_configs/cpu_fp32.yaml" in message
@@ -186,8 +172,6 @@ def test_emulated_bf16_on_cpu_is_warned_about():
 def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_config(reference_run, tiny_data, cache_dir, tmp_path):
     """A run interrupted inside epoch 1 (config.json written, no checkpoint yet) resumes from
     epoch 1 and still ends identical to the uninterrupted run."""
-    import shutil
-
     out = tmp_path / "early"
     _one_process(tiny_data, cache_dir, out, "--stop-after-epoch", "1")
     reset_accelerate()
@@ -198,21 +182,55 @@ def test_resume_before_the_first_checkpoint_starts_over_with_the_saved_config(re
     assert (out / "steps.csv").read_text() == (Path(reference_run["run_dir"]) / "steps.csv").read_text()
 
 
-def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, cache_dir, tmp_path):
-    """With --ema the evaluated model is the EMA: its saved weights reproduce the recorded
-    accuracy, and a split run resumes the EMA state exactly."""
+def test_weight_ema_is_evaluated_saved_and_resumed(reference_run, tiny_data, cache_dir, tmp_path):
+    """With --ema the evaluated and saved model is the weight average, not the live network:
+    model.safetensors equals the EMA held in the last checkpoint (batch-norm statistics aside,
+    which are recomputed), differs from that checkpoint's live weights and from the run
+    without --ema, and reproduces the recorded accuracy; a split run resumes the EMA exactly."""
     from resnet_ocp.evaluate import evaluate_run
 
     whole = tmp_path / "ema_whole"
     result = _one_process(tiny_data, cache_dir, whole, "--ema", "0.9")
     reset_accelerate()
+    saved = load_file(str(whole / "model.safetensors"))
+    checkpoint = whole / "checkpoints" / "epoch_002"
+    live = load_file(str(checkpoint / "model.safetensors"))
+    ema_state = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+    averaged = {k.removeprefix("module."): v for k, v in ema_state.items() if k.startswith("module.")}
+    weights = [k for k in saved if k.endswith(("weight", "bias"))]
+    assert weights and all(torch.equal(saved[k], averaged[k]) for k in weights)
+    assert not all(torch.equal(saved[k], live[k]) for k in weights)
+    plain = load_file(str(Path(reference_run["run_dir"]) / "model.safetensors"))
+    assert not torch.equal(saved["fc.weight"], plain["fc.weight"])
     assert evaluate_run(whole)["accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
     split = tmp_path / "ema_split"
     _one_process(tiny_data, cache_dir, split, "--ema", "0.9", "--stop-after-epoch", "1")
     reset_accelerate()
     main(["--resume", str(split), "--no-progress"])
-    a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed = load_file(str(split / "model.safetensors"))
+    assert all(torch.equal(saved[k], resumed[k]) for k in saved)
+
+
+def test_run_killed_after_its_last_checkpoint_finishes_on_resume(reference_run, tiny_data, cache_dir, tmp_path):
+    """A run killed after the last epoch's checkpoint but before its final writes (weights,
+    predictions, summary, pictures) is finished by --resume: it trains nothing more, evaluates
+    the last checkpoint, and ends with the uninterrupted run's accuracy and identical weights."""
+    out = tmp_path / "killed"
+    _one_process(tiny_data, cache_dir, out)
+    reset_accelerate()
+    for name in ("model.safetensors", "predictions.csv", "summary.json", "curves.png", "gradcam.png"):
+        (out / name).unlink()
+    steps_before = (out / "steps.csv").read_text()
+    resumed = main(["--resume", str(out), "--no-progress"])
+    ref = Path(reference_run["run_dir"])
+    assert resumed["final_accuracy"] == reference_run["final_accuracy"]
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    assert (out / "steps.csv").read_text() == steps_before == (ref / "steps.csv").read_text()
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "predictions.csv").read_text() == (ref / "predictions.csv").read_text()
+    assert json.loads((out / "summary.json").read_text())["final_accuracy"] == reference_run["final_accuracy"]
+    assert (out / "gradcam.png").exists() and (out / "curves.png").exists()
 
 
 def test_recomputed_bn_stats_are_those_of_the_given_images():
