@@ -15,6 +15,7 @@ from pathlib import Path
 from resnet_ocp.atomic import read_json
 from resnet_ocp.config import PRESETS, RENAMED_FIELDS, RESUME_FREE_FIELDS, Config, choices_of
 from resnet_ocp.errors import OneLineParser, RunError, UserError, exit_with
+from resnet_ocp.preemption import PREEMPTED_EXIT, Preempted
 
 OLD_NAMES = {new: old for old, new in RENAMED_FIELDS.items()}
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
         return run(cfg)
     except UserError as exc:
         exit_with(exc)
+    except Preempted:  # the trainer printed where it stopped and how to continue
+        raise SystemExit(PREEMPTED_EXIT) from None
 
 
 if __name__ == "__main__":

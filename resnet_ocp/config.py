@@ -17,7 +17,7 @@ from typing import Any, Literal
 from resnet_ocp.errors import UserError
 
 # Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("resume", "stop_after_epoch", "progress")
+RESUME_FREE_FIELDS = ("resume", "stop_after_epoch", "progress", "process_group_timeout")
 
 # Old names of renamed fields, still accepted in config.json files and as flags.
 RENAMED_FIELDS = {"cycle_beta1": "cycle_momentum", "beta1_max": "momentum_max", "beta1_min": "momentum_min"}
@@ -97,6 +97,9 @@ class Config:
     lr_find_mode: SweepMode = field(default="exp", metadata={"help": "LR sweep: exp (geometric steps) or linear"})
     lr_find_rule: SuggestionRule = field(default="valley", metadata={"help": "suggestion rule: valley (chosen on real data), steepest or min10"})
     lr_find_only: bool = field(default=False, metadata={"help": "run the LR range test, write its files and stop"})
+    process_group_timeout: int = field(default=1800, metadata={"help": "seconds a collective waits for a missing process before the run "
+                                                                   "fails (torch's default; a healthy run's longest wait is the main process "
+                                                                   "decoding the data or drawing the pictures)"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, shuffling and augmentation"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many per-epoch checkpoints to keep"})
     cache_dir: str | None = field(default=None, metadata={"help": "decoded-image cache (default ~/.cache/resnet_ocp)"})
@@ -107,7 +110,8 @@ class Config:
         for name, choices in _choices().items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        positive = ["epochs", "batch_size", "grad_accum", "width", "eval_batch_size", "lr_find_iters", "log_every", "keep_checkpoints"]
+        positive = ["epochs", "batch_size", "grad_accum", "width", "eval_batch_size", "lr_find_iters", "log_every", "keep_checkpoints",
+                    "process_group_timeout"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")

@@ -8,7 +8,7 @@ per epoch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from resnet_ocp.augment import AugmentParams, augment_batch, epoch_params, normalize
 from resnet_ocp.config import Config
+from resnet_ocp.preemption import StopRequest
 from resnet_ocp.schedule import momentum_of, samples_after
 
 METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
@@ -88,7 +89,8 @@ class TrainingParts:
     """The prepared objects of one run's training loop.
 
     ``scheduler`` is None until the LR range test (if any) is over: building OneCycleLR
-    overwrites the optimizer's LR and momentum. ``ema`` is an ``AveragedModel`` or None.
+    overwrites the optimizer's LR and momentum. ``ema`` is an ``AveragedModel`` or None;
+    ``stop`` a ``preemption.StopRequest`` checked after every optimizer step, or None.
     """
 
     accelerator: Accelerator
@@ -100,6 +102,7 @@ class TrainingParts:
     test_split: DeviceSplit
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    stop: StopRequest | None = None
 
     @property
     def evaluated_model(self) -> torch.nn.Module:
@@ -107,35 +110,63 @@ class TrainingParts:
         return self.ema.module if self.ema is not None else self.model
 
 
-def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: int) -> dict:
-    """Train for one epoch, stepping the One-Cycle schedule once per optimizer step.
+@dataclass
+class EpochPosition:
+    """How far a stopped epoch got: its optimizer steps, their steps.csv rows, each process's
+    running sums behind the epoch's train loss and accuracy, and the seconds it trained."""
+
+    steps: int
+    rows: list[dict]
+    loss_sums: list[float]
+    corrects: list[float]
+    seens: list[float]
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> EpochPosition:
+        return cls(**values)
+
+
+def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: int, start: EpochPosition | None = None) -> dict:
+    """Train for one epoch (or its rest), stepping the One-Cycle schedule once per optimizer step.
 
     Args:
         parts: the prepared model, optimizer, scheduler, loader and training split (and EMA,
-            updated after every optimizer step); the Accelerator's gradient accumulation applies.
+            updated after every optimizer step, and the stop request, checked after it); the
+            Accelerator's gradient accumulation applies.
         cfg: the run configuration (global batch, augmentation, loss, progress settings).
         epoch: 1-based epoch number; the augmentation draws are those of ``(cfg.seed, epoch)``.
         step_offset: optimizer steps taken before this epoch.
+        start: where a stopped epoch is continued from (its batches are skipped, not replayed).
 
     Returns:
-        ``loss``, ``accuracy`` (fraction), ``rows`` (one dict per optimizer step for
-        steps.csv), ``lr`` (last LR applied), ``seconds``, ``images_per_second``.
+        ``loss``, ``accuracy`` (fraction), ``rows`` (one dict per optimizer step of the epoch
+        for steps.csv), ``lr`` (last LR applied), ``seconds``, ``images_per_second``; or, when
+        a stop was requested, ``stopped`` and the ``position`` reached.
     """
     accelerator, model, optimizer, loader, data = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
     model.train()
     n_train = len(data.labels)
     params = epoch_params(n_train, cfg.seed, epoch, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
     loader.set_epoch(epoch)
-    start = time.perf_counter()
-    device = accelerator.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = torch.zeros((), device=device, dtype=torch.long)
+    begin = time.perf_counter()
+    device, rank = accelerator.device, accelerator.process_index
+    done = start.steps if start else 0
+    loss_sum = torch.tensor(start.loss_sums[rank] if start else 0.0, device=device)
+    correct = torch.tensor(int(start.corrects[rank]) if start else 0, device=device, dtype=torch.long)
+    seen = torch.tensor(int(start.seens[rank]) if start else 0, device=device, dtype=torch.long)
     micro_losses: list[torch.Tensor] = []
     step_losses: list[torch.Tensor] = []
     applied: list[tuple[float, float]] = []
-    bar = tqdm(total=len(loader), disable=not (cfg.progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
-    for idx in loader:
+    skip = done * accelerator.gradient_accumulation_steps
+    bar = tqdm(total=len(loader), initial=skip, disable=not (cfg.progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
+    stopped = False
+    for i, idx in enumerate(loader):
+        if i < skip:  # trained before the stop; its draws are keyed by sample, so skipping is exact
+            continue
         with accelerator.accumulate(model):
             loss, logits = training_loss(model, data, params, idx, cfg)
             y = data.labels[idx]
@@ -150,6 +181,7 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
         loss_sum += detached * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
+        bar.update(1)
         if accelerator.sync_gradients:
             # One scheduler step per optimizer step, whatever the process count (see schedule.py).
             parts.scheduler.step()
@@ -157,27 +189,34 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
                 parts.ema.update_parameters(accelerator.unwrap_model(model))
             step_losses.append(torch.stack(micro_losses).mean())
             micro_losses = []
-            if len(step_losses) % cfg.log_every == 0 or len(step_losses) * accelerator.gradient_accumulation_steps >= len(loader):
+            steps = done + len(step_losses)
+            if steps % cfg.log_every == 0 or steps * accelerator.gradient_accumulation_steps >= len(loader):
                 bar.set_description(
-                    f"Train: Loss={detached.item():.4f} Batch_id={len(step_losses) - 1} "
+                    f"Train: Loss={detached.item():.4f} Batch_id={steps - 1} "
                     f"Accuracy={100 * correct.item() / max(seen.item(), 1):.2f} LR={applied[-1][0]:.6f}"
                 )
-        bar.update(1)
+            if parts.stop is not None and parts.stop.agreed():
+                stopped = True
+                break
     bar.close()
     # One gather per epoch: per-step losses averaged over processes.
-    losses = accelerator.gather(torch.stack(step_losses)[None]).mean(0).tolist()
-    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum").tolist()
-    seconds = time.perf_counter() - start
-    rows = [
-        {"step": step_offset + k + 1, "epoch": epoch, "samples": samples_after(k + 1, epoch, n_train, cfg.batch_size),
+    losses = accelerator.gather(torch.stack(step_losses)[None]).mean(0).tolist() if step_losses else []
+    seconds = time.perf_counter() - begin + (start.seconds if start else 0.0)
+    rows = (start.rows if start else []) + [
+        {"step": step_offset + done + k + 1, "epoch": epoch, "samples": samples_after(done + k + 1, epoch, n_train, cfg.batch_size),
          "lr": lr, "momentum": momentum, "loss": loss_value}
         for k, ((lr, momentum), loss_value) in enumerate(zip(applied, losses))
     ]
+    if stopped:
+        sums = accelerator.gather(torch.stack([loss_sum, correct.float(), seen.float()])[None]).tolist()
+        position = EpochPosition(done + len(step_losses), rows, *(list(col) for col in zip(*sums)), seconds)
+        return {"stopped": True, "position": position}
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum").tolist()
     return {
         "loss": totals[0] / totals[2],
         "accuracy": totals[1] / totals[2],
         "rows": rows,
-        "lr": applied[-1][0],
+        "lr": rows[-1]["lr"],
         "seconds": seconds,
         "images_per_second": n_train / seconds,
     }

@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import platform
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
 from resnet_ocp.atomic import read_json, write_json
 from resnet_ocp.config import Config
@@ -42,6 +43,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
             log_with="tensorboard",
             # Placeholder: the run directory is agreed across processes later (rundir.open_run_dir).
             project_config=ProjectConfiguration(project_dir=".", logging_dir="."),
+            # A process that dies leaves the others in a collective: fail after this, not torch's 30 minutes.
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.process_group_timeout))],
         )
     except ValueError as exc:  # e.g. WORLD_SIZE set without MASTER_ADDR: a launch problem
         raise RunError(
@@ -173,7 +176,12 @@ def record_session(accelerator: Accelerator, run_dir: Path) -> dict:
         accelerator: the run's Accelerator.
         run_dir: the run directory.
     """
-    entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment(accelerator)}
+    from accelerate.utils import gather_object
+
+    # Each process's machine: SLURM's node name where there is one (its nodes can share a host), else the host name.
+    machines = gather_object([os.environ.get("SLURMD_NODENAME") or platform.node()])
+    entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **environment(accelerator),
+             "machines": sorted(set(machines)), "num_machines": len(set(machines))}
     if accelerator.is_main_process:
         path = Path(run_dir) / "run.json"
         sessions = read_json(path)["sessions"] if path.exists() else []

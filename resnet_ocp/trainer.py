@@ -16,10 +16,11 @@ from resnet_ocp.atomic import read_json, write_json
 from resnet_ocp.checkpoint import latest_checkpoint, save_checkpoint
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_loaders
-from resnet_ocp.engine import DeviceSplit, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
+from resnet_ocp.engine import DeviceSplit, EpochPosition, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
 from resnet_ocp.errors import RunError
 from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
 from resnet_ocp.model import count_parameters, for_config, summary
+from resnet_ocp.preemption import PREEMPTED_FILE, StopRequest, stop_inside_epoch
 from resnet_ocp.rundir import open_run_dir, read_steps, write_predictions, write_steps
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
 from resnet_ocp.session import make_accelerator, record_session
@@ -27,11 +28,13 @@ from resnet_ocp.session import make_accelerator, record_session
 
 @dataclass
 class Progress:
-    """What a run has done so far: epoch records (history.json) and step rows (steps.csv)."""
+    """What a run has done so far: epoch records (history.json), step rows (steps.csv) of the
+    finished epochs, and where a stopped epoch is to continue (``partial``)."""
 
     epochs_done: int = 0
     history: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
+    partial: EpochPosition | None = None
 
 
 def run(cfg: Config) -> dict:
@@ -59,8 +62,9 @@ def run(cfg: Config) -> dict:
     progress = restore(parts, resolved, run_dir)
     metric = load_accuracy_metric()
     test = None
-    for epoch in range(progress.epochs_done + 1, resolved.stop_epoch + 1):
-        test = run_epoch(parts, resolved, epoch, progress, metric, run_dir)
+    with StopRequest(accelerator) as parts.stop:
+        for epoch in range(progress.epochs_done + 1, resolved.stop_epoch + 1):
+            test = run_epoch(parts, resolved, epoch, progress, metric, run_dir)
     result = {"run_dir": str(run_dir), "config": resolved.to_dict(), "history": progress.history, "max_lr": resolved.max_lr}
     if resolved.stop_epoch < resolved.epochs:
         accelerator.print(f"stopped after epoch {resolved.stop_epoch} of {resolved.epochs}; continue with --resume {run_dir}")
@@ -203,17 +207,25 @@ def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:
     accelerator = parts.accelerator
     if cfg.resume is None:
         return Progress()
+    if accelerator.is_main_process:
+        (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
     found = latest_checkpoint(run_dir)
     if found is None:
         # Interrupted inside epoch 1: nothing to restore, the saved config (with its peak LR) starts afresh.
         accelerator.print(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1 with the saved config")
         return Progress()
-    done, path = found
-    accelerator.load_state(str(path))
-    history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done]
-    rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done]
-    accelerator.print(f"resumed {run_dir} after epoch {done} (step {len(rows)})")
-    return Progress(done, history, rows)
+    position = found.position()
+    if position is not None and len(position["loss_sums"]) != accelerator.num_processes:
+        raise RunError(f"{found.path} was saved inside epoch {found.epoch} by {len(position['loss_sums'])} processes; "
+                       f"resume it with that many (this launch has {accelerator.num_processes})")
+    accelerator.load_state(str(found.path))
+    done = found.epoch if position is None else found.epoch - 1
+    history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done] if done else []
+    rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done] if done else []
+    partial = EpochPosition.from_dict(position) if position is not None else None
+    where = f"epoch {done}" if partial is None else f"step {partial.steps} of epoch {found.epoch}"
+    accelerator.print(f"resumed {run_dir} after {where} (step {len(rows) + (partial.steps if partial else 0)} of the run)")
+    return Progress(done, history, rows, partial)
 
 
 def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress, metric, run_dir: Path) -> dict:
@@ -232,7 +244,10 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
     """
     accelerator = parts.accelerator
     accelerator.print(f"Epoch {epoch}/{cfg.epochs}")
-    train = train_one_epoch(parts, cfg, epoch, step_offset=len(progress.rows))
+    start, progress.partial = progress.partial, None
+    train = train_one_epoch(parts, cfg, epoch, step_offset=len(progress.rows), start=start)
+    if train.get("stopped"):
+        stop_inside_epoch(parts, cfg, epoch, train["position"], progress.rows, run_dir)
     test, eval_seconds = evaluate_parts(parts, cfg, metric)
     accelerator.print(f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} ({100 * test['accuracy']:.2f}%)")
     record = {

@@ -269,3 +269,43 @@ def test_bn_momentum_reaches_every_batch_norm():
 
     bns = [m for m in CustomResNet(width=8, bn_momentum=0.4).modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 8 and {m.momentum for m in bns} == {0.4}
+
+
+def test_signal_inside_an_epoch_stops_there_and_resume_continues_exactly(reference_run, tiny_data, cache_dir, tmp_path, monkeypatch):
+    """SIGUSR1 arriving during epoch 2's 4th optimizer step: the run finishes that step, saves a
+    checkpoint inside the epoch (with position.json), writes steps.csv up to that step and
+    preempted.json, and exits with status 75; --resume trains only the remaining 16 steps
+    (skipped, not replayed) and ends with steps.csv and weights identical to the uninterrupted run."""
+    import os
+    import signal
+
+    from resnet_ocp import engine
+
+    real, calls = engine.training_loss, []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 14:  # 10 steps per epoch: the 4th step of epoch 2
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "training_loss", counting)
+    out = tmp_path / "preempted"
+    with pytest.raises(SystemExit) as info:
+        _one_process(tiny_data, cache_dir, out)
+    assert info.value.code == 75
+    reset_accelerate()
+    assert (out / "checkpoints" / "epoch_002_step_00004" / "position.json").exists()
+    assert len(read_steps(out / "steps.csv")) == 14 and not (out / "model.safetensors").exists()
+    stopped = json.loads((out / "preempted.json").read_text())
+    assert (stopped["signal"], stopped["epoch"], stopped["step_in_epoch"]) == ("SIGUSR1", 2, 4)
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is gone with the run
+    calls.clear()
+    main(["--resume", str(out), "--no-progress"])
+    assert len(calls) == 6 and not (out / "preempted.json").exists()
+    ref = Path(reference_run["run_dir"])
+    assert (out / "steps.csv").read_text() == (ref / "steps.csv").read_text()
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(ref / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    history, ref_history = json.loads((out / "history.json").read_text()), json.loads((ref / "history.json").read_text())
+    assert [(h["train_loss"], h["test_accuracy"]) for h in history] == [(h["train_loss"], h["test_accuracy"]) for h in ref_history]
