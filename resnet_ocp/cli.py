@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import types
 import typing
 from pathlib import Path
@@ -82,6 +83,11 @@ def resolve_config(given: dict) -> Config:
     )
 
 
+def args_dir(args: argparse.Namespace) -> str:
+    """The run directory named on the command line, for messages."""
+    return getattr(args, "resume", None) or getattr(args, "output_dir", None) or "RUN_DIR"
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse ``argv``, train, and return the run's result.
 
@@ -102,6 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
         exit_with(exc)
     except Preempted:  # the trainer printed where it stopped and how to continue
         raise SystemExit(PREEMPTED_EXIT) from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every file is written beside its final name and renamed, so what was finished before is intact.
+        exit_with(f"no space left on the device writing {exc.filename or 'the run directory'} ({exc.strerror}); files written "
+                  f"before are intact: free space, then continue with --resume {args_dir(args)}")
 
 
 if __name__ == "__main__":

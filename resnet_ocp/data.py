@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from resnet_ocp.errors import UserError
 IMAGE_COLUMN = "img"
 LABEL_COLUMN = "label"
 SPLITS = ("train", "test")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # Training-split statistics of the real CIFAR-10 (as fractions of 255); the data README lists them.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -133,9 +135,12 @@ def _open(source: str):
     except DataError:
         raise
     except Exception as exc:  # datasets raises many types (offline, not found, bad files)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if path.is_dir():
+            raise DataError(f"could not load --data {source} as a dataset: {first[:200]}; give a directory in the uoft-cs/cifar10 "
+                            "parquet layout (plain_text/train-*.parquet and test-*.parquet) or a save_to_disk directory") from exc
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
         hint = " (the Hub is offline here: HF_HUB_OFFLINE=1)" if offline else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
             f"could not load --data {source}{hint}: {first[:200]}; pass a local copy, e.g. --data ../shared/data/cifar10"
         ) from exc
@@ -162,16 +167,26 @@ def _check_schema(ds, source: str, split: str) -> None:
         raise DataError(
             f"--data {source} split {split!r} has columns {found}; expected 'img' (Image) and 'label' (ClassLabel) as in uoft-cs/cifar10"
         )
+    names = list(feats[LABEL_COLUMN].names)
+    if names != list(CIFAR10_CLASSES):
+        raise DataError(f"--data {source} split {split!r} has label names {names[:12]}; expected CIFAR-10's {', '.join(CIFAR10_CLASSES)}")
+    if len(ds) == 0:
+        raise DataError(f"--data {source}: the {split} split is empty; give a dataset with images in both splits")
 
 
 def _decoded(ds, cache: Path, source: str) -> tuple[Split, list[str]]:
     """Decode a split to uint8 tensors, or read them from the cache written by an earlier run."""
     file = cache / f"cifar-{ds._fingerprint}.safetensors"
     if file.exists():
-        tensors = load_file(str(file))
-        with open(file.with_suffix(".json")) as f:
-            classes = json.load(f)["classes"]
-        return Split(tensors["images"], tensors["labels"]), classes
+        try:
+            tensors = load_file(str(file))
+            with open(file.with_suffix(".json")) as f:
+                classes = json.load(f)["classes"]
+            if tensors["images"].shape[0] == len(ds) == tensors["labels"].shape[0]:
+                return Split(tensors["images"], tensors["labels"]), classes
+        except Exception as exc:  # a damaged cache is rebuilt, never used
+            print(f"decoded-image cache {file} is unreadable ({type(exc).__name__}); decoding the data again", file=sys.stderr)
+        file.unlink(missing_ok=True)
     import datasets
     from PIL import Image
 
@@ -179,10 +194,16 @@ def _decoded(ds, cache: Path, source: str) -> tuple[Split, list[str]]:
     raw = ds.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
     images = np.empty((len(ds), 32, 32, 3), dtype=np.uint8)
     labels = np.asarray(ds[LABEL_COLUMN], dtype=np.int64)
+    outside = np.flatnonzero((labels < 0) | (labels >= len(classes)))
+    if len(outside):
+        raise DataError(f"--data {source}: label {labels[outside[0]]} of row {outside[0]} is outside 0..{len(classes) - 1} "
+                        f"({len(outside)} such rows); fix the dataset's labels")
     row = 0
     for batch in raw.iter(batch_size=2000):
         for item in batch[IMAGE_COLUMN]:
-            img = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]).convert("RGB")
+            img = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
+            if img.mode != "RGB":
+                raise DataError(f"--data {source}: image {row} is in mode {img.mode}, expected RGB as in CIFAR-10")
             if img.size != (32, 32):
                 raise DataError(f"--data {source}: image {row} is {img.size[0]}x{img.size[1]}, expected 32x32 as in CIFAR-10")
             images[row] = np.asarray(img)

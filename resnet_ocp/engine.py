@@ -145,7 +145,8 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
     Returns:
         ``loss``, ``accuracy`` (fraction), ``rows`` (one dict per optimizer step of the epoch
         for steps.csv), ``lr`` (last LR applied), ``seconds``, ``images_per_second``; or, when
-        a stop was requested, ``stopped`` and the ``position`` reached.
+        a stop was requested, ``stopped`` and the ``position`` reached; or, when a process's
+        loss was not finite, ``diverged`` and the ``rows`` up to that step.
     """
     accelerator, model, optimizer, loader, data = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
     model.train()
@@ -163,7 +164,7 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
     applied: list[tuple[float, float]] = []
     skip = done * accelerator.gradient_accumulation_steps
     bar = tqdm(total=len(loader), initial=skip, disable=not (cfg.progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
-    stopped = False
+    stopped = diverged = False
     for i, idx in enumerate(loader):
         if i < skip:  # trained before the stop; its draws are keyed by sample, so skipping is exact
             continue
@@ -195,9 +196,10 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
                     f"Train: Loss={detached.item():.4f} Batch_id={steps - 1} "
                     f"Accuracy={100 * correct.item() / max(seen.item(), 1):.2f} LR={applied[-1][0]:.6f}"
                 )
-            if parts.stop is not None and parts.stop.agreed():
-                stopped = True
-                break
+            if parts.stop is not None:
+                stopped, diverged = parts.stop.check(step_losses[-1])
+                if stopped or diverged:
+                    break
     bar.close()
     # One gather per epoch: per-step losses averaged over processes.
     losses = accelerator.gather(torch.stack(step_losses)[None]).mean(0).tolist() if step_losses else []
@@ -207,6 +209,8 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
          "lr": lr, "momentum": momentum, "loss": loss_value}
         for k, ((lr, momentum), loss_value) in enumerate(zip(applied, losses))
     ]
+    if diverged:
+        return {"diverged": True, "rows": rows}
     if stopped:
         sums = accelerator.gather(torch.stack([loss_sum, correct.float(), seen.float()])[None]).tolist()
         position = EpochPosition(done + len(step_losses), rows, *(list(col) for col in zip(*sums)), seconds)

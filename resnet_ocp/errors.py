@@ -15,6 +15,10 @@ class UserError(Exception):
     """Bad input or a state the user can fix; the message is one line ending with the fix."""
 
 
+class DamagedFileError(UserError):
+    """A file the run needs is missing, truncated or not in its format; the message names it."""
+
+
 class RunError(UserError):
     """A run cannot start or go on (launch, run directory, resume); the message says what to do."""
 

@@ -16,7 +16,7 @@ from resnet_ocp.atomic import read_json
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
 from resnet_ocp.engine import load_accuracy_metric, predict_logits
-from resnet_ocp.errors import OneLineParser, UserError, exit_with
+from resnet_ocp.errors import DamagedFileError, OneLineParser, UserError, exit_with
 from resnet_ocp.model import for_config
 from resnet_ocp.session import last_session
 
@@ -33,7 +33,13 @@ def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: tor
     from safetensors.torch import load_file
 
     model = for_config(cfg, num_classes)
-    model.load_state_dict(load_file(str(Path(run_dir) / "model.safetensors")))
+    weights = Path(run_dir) / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError
+        raise DamagedFileError(f"{weights} is damaged ({str(exc)[:100]}); restore it from a copy, or delete it and finish the run "
+                               f"again with --resume {run_dir} (its last checkpoint is kept)") from None
+    model.load_state_dict(state)
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
 

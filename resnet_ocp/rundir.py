@@ -9,27 +9,35 @@ written atomically (``resnet_ocp.atomic``).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from resnet_ocp.atomic import atomic_path
-from resnet_ocp.errors import RunError
+from resnet_ocp.errors import DamagedFileError, RunError
 
 STEP_FIELDS = ("step", "epoch", "samples", "lr", "momentum", "loss")
 # Older steps.csv files (the records under results/ among them) call the momentum column beta1.
 _LEGACY_STEP_FIELDS = {"beta1": "momentum"}
 PREDICTION_FIELDS = ("index", "label", "prediction", "confidence")
+LOCK_FILE = ".lock"
 
 
-def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Path:
-    """The run directory, chosen on the main process, shared, guarded and created.
+@contextlib.contextmanager
+def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Iterator[Path]:
+    """The run directory, chosen on the main process, shared, guarded, created and locked for
+    the block: a second run into the same directory is refused while this one lives, even
+    before it has written anything.
 
     Args:
         accelerator: the run's Accelerator (timestamps differ across processes, so the main
-            process's choice is broadcast).
+            process's choice is broadcast, and so is its verdict on the guards).
         output_dir: the requested directory, or None for ``runs/<timestamp>``.
         resuming: whether this invocation continues a run (``--resume``).
     """
@@ -38,15 +46,49 @@ def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Path:
     chosen = [output_dir or time.strftime("runs/%Y%m%d-%H%M%S")]
     broadcast_object_list(chosen)
     run_dir = Path(chosen[0])
-    if not resuming and (run_dir / "config.json").exists():
-        raise RunError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir")
-    if resuming and (run_dir / "model.safetensors").exists():
-        raise RunError(f"{run_dir} has finished (model.safetensors exists); start a new run with another --output-dir")
-    accelerator.wait_for_everyone()
+    lock, problem = None, None
     if accelerator.is_main_process:
+        # The checks that need no lock come first, so that a refused command leaves nothing behind.
+        if not resuming and (run_dir / "config.json").exists():
+            problem = f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
+        elif resuming and (run_dir / "model.safetensors").exists():
+            problem = f"{run_dir} has finished (model.safetensors exists); start a new run with another --output-dir"
+        else:
+            lock, problem = _lock(run_dir)
+            if problem is None and not resuming and (run_dir / "config.json").exists():  # written since the check above
+                problem = f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
+    verdict = [problem]
+    broadcast_object_list(verdict)
+    try:
+        if verdict[0] is not None:
+            raise RunError(verdict[0])
+        accelerator.wait_for_everyone()
+        yield run_dir
+    finally:
+        if lock is not None:
+            lock.close()  # closing the file releases its flock
+
+
+def _lock(run_dir: Path):
+    """Create ``run_dir`` and hold an exclusive lock on ``run_dir/.lock``: ``(file, None)``, or
+    ``(None, problem)`` when that cannot be done."""
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    return run_dir
+        handle = open(run_dir / LOCK_FILE, "a+")
+    except OSError as exc:
+        return None, f"cannot create the run directory {run_dir} ({exc.strerror}); choose another --output-dir"
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        return None, f"{run_dir} is in use by a run that is still going ({holder}); wait for it or choose another --output-dir"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    handle.flush()
+    return handle, None
 
 
 def write_steps(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
@@ -69,12 +111,17 @@ def read_steps(path: str | os.PathLike) -> list[dict[str, Any]]:
         path: the file.
     """
     types = {"step": int, "epoch": int, "samples": int, "lr": float, "momentum": float, "loss": float}
-    with open(path, newline="") as f:
-        rows = []
-        for raw in csv.DictReader(f):
-            row = {_LEGACY_STEP_FIELDS.get(k, k): v for k, v in raw.items()}
-            rows.append({k: types[k](row[k]) for k in STEP_FIELDS})
-        return rows
+    try:
+        with open(path, newline="") as f:
+            rows = []
+            for raw in csv.DictReader(f):
+                row = {_LEGACY_STEP_FIELDS.get(k, k): v for k, v in raw.items()}
+                rows.append({k: types[k](row[k]) for k in STEP_FIELDS})
+            return rows
+    except FileNotFoundError:
+        raise DamagedFileError(f"{path} is missing; restore it from a copy or start a new run") from None
+    except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); restore it from a copy or start a new run") from None
 
 
 def write_predictions(path: str | os.PathLike, test: dict) -> None:

@@ -52,6 +52,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
             "launch with accelerate launch --config_file accelerate_configs/<config>.yaml"
         ) from exc
     check_world_size(accelerator.num_processes, os.environ)
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "fp16":
+        # Accelerate makes no grad scaler on a CPU, so fp16 would train unscaled (gradients underflow).
+        raise RunError("fp16 mixed precision on a CPU trains without loss scaling; use --mixed_precision bf16 on a CPU "
+                       "with native bf16 (accelerate_configs/cpu.yaml) or no (cpu_fp32.yaml)")
     warning = slow_precision_warning(accelerator.device.type, accelerator.mixed_precision)
     if warning:
         accelerator.print(warning)

@@ -13,14 +13,14 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from resnet_ocp.atomic import read_json, write_json
-from resnet_ocp.checkpoint import latest_checkpoint, save_checkpoint
+from resnet_ocp.checkpoint import load_newest_good_checkpoint, save_checkpoint
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_loaders
 from resnet_ocp.engine import DeviceSplit, EpochPosition, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
 from resnet_ocp.errors import RunError
 from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
 from resnet_ocp.model import count_parameters, for_config, summary
-from resnet_ocp.preemption import PREEMPTED_FILE, StopRequest, stop_inside_epoch
+from resnet_ocp.preemption import PREEMPTED_FILE, StopRequest, stop_diverged, stop_inside_epoch
 from resnet_ocp.rundir import open_run_dir, read_steps, write_predictions, write_steps
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
 from resnet_ocp.session import make_accelerator, record_session
@@ -48,34 +48,35 @@ def run(cfg: Config) -> dict:
         schedule finished ``final_accuracy``; with ``--lr-find-only`` also ``lr_finder``.
     """
     accelerator = make_accelerator(cfg)
-    run_dir = open_run_dir(accelerator, cfg.output_dir, resuming=cfg.resume is not None)
-    start_session(accelerator, run_dir)
-    data = load_data(accelerator, cfg)
-    parts = build_parts(accelerator, cfg, data)
-    if cfg.lr_find_only:
-        found = find_peak_lr(parts, cfg, run_dir)
+    with open_run_dir(accelerator, cfg.output_dir, resuming=cfg.resume is not None) as run_dir:
+        start_session(accelerator, run_dir)
+        data = load_data(accelerator, cfg)
+        save_config(accelerator, cfg, run_dir)
+        parts = build_parts(accelerator, cfg, data)
+        if cfg.lr_find_only:
+            found = find_peak_lr(parts, cfg, run_dir)
+            accelerator.end_training()
+            return {"run_dir": str(run_dir), "config": cfg.to_dict(), "history": [], "max_lr": found.suggested_lr, "lr_finder": found.to_dict()}
+        resolved = cfg if cfg.max_lr is not None else cfg.replace(max_lr=find_peak_lr(parts, cfg, run_dir).suggested_lr)
+        save_config(accelerator, resolved, run_dir)
+        attach_schedule(parts, resolved, run_dir)
+        progress = restore(parts, resolved, run_dir)
+        metric = load_accuracy_metric()
+        test = None
+        with StopRequest(accelerator) as parts.stop:
+            for epoch in range(progress.epochs_done + 1, resolved.stop_epoch + 1):
+                test = run_epoch(parts, resolved, epoch, progress, metric, run_dir)
+        result = {"run_dir": str(run_dir), "config": resolved.to_dict(), "history": progress.history, "max_lr": resolved.max_lr}
+        if resolved.stop_epoch < resolved.epochs:
+            accelerator.print(f"stopped after epoch {resolved.stop_epoch} of {resolved.epochs}; continue with --resume {run_dir}")
+        else:
+            if test is None:  # resumed after the last epoch's checkpoint: only the final writes were missing
+                accelerator.print(f"all {resolved.epochs} epochs were done; evaluating the last checkpoint to finish the run")
+                test, _ = evaluate_parts(parts, resolved, metric)
+            finish(parts, resolved, run_dir, test, data, progress.history)
+            result["final_accuracy"] = test["accuracy"]
         accelerator.end_training()
-        return {"run_dir": str(run_dir), "config": cfg.to_dict(), "history": [], "max_lr": found.suggested_lr, "lr_finder": found.to_dict()}
-    resolved = cfg if cfg.max_lr is not None else cfg.replace(max_lr=find_peak_lr(parts, cfg, run_dir).suggested_lr)
-    save_config(accelerator, resolved, run_dir)
-    attach_schedule(parts, resolved, run_dir)
-    progress = restore(parts, resolved, run_dir)
-    metric = load_accuracy_metric()
-    test = None
-    with StopRequest(accelerator) as parts.stop:
-        for epoch in range(progress.epochs_done + 1, resolved.stop_epoch + 1):
-            test = run_epoch(parts, resolved, epoch, progress, metric, run_dir)
-    result = {"run_dir": str(run_dir), "config": resolved.to_dict(), "history": progress.history, "max_lr": resolved.max_lr}
-    if resolved.stop_epoch < resolved.epochs:
-        accelerator.print(f"stopped after epoch {resolved.stop_epoch} of {resolved.epochs}; continue with --resume {run_dir}")
-    else:
-        if test is None:  # resumed after the last epoch's checkpoint: only the final writes were missing
-            accelerator.print(f"all {resolved.epochs} epochs were done; evaluating the last checkpoint to finish the run")
-            test, _ = evaluate_parts(parts, resolved, metric)
-        finish(parts, resolved, run_dir, test, data, progress.history)
-        result["final_accuracy"] = test["accuracy"]
-    accelerator.end_training()
-    return result
+        return result
 
 
 def start_session(accelerator: Accelerator, run_dir: Path) -> None:
@@ -158,15 +159,19 @@ def find_peak_lr(parts: TrainingParts, cfg: Config, run_dir: Path) -> RangeTestR
 
 
 def save_config(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
-    """Write config.json (with the peak LR) for a new run; a resumed run keeps its own.
+    """Write config.json for a new run as soon as its data has loaded (a bad --data leaves no
+    run behind), and again once the range test has chosen the peak LR: a run killed during the
+    range test resumes with ``max_lr`` null and runs the test again. ``--lr-find-only`` writes none.
 
     Args:
         accelerator: the run's Accelerator.
-        cfg: the resolved configuration.
+        cfg: the configuration to save.
         run_dir: the run directory.
     """
-    if accelerator.is_main_process and cfg.resume is None:
-        write_json(run_dir / "config.json", cfg.to_dict())
+    path = run_dir / "config.json"
+    peak_lr_found = cfg.resume is not None and cfg.max_lr is not None and read_json(path)["max_lr"] is None
+    if accelerator.is_main_process and not cfg.lr_find_only and (cfg.resume is None or peak_lr_found):
+        write_json(path, cfg.replace(resume=None).to_dict())
 
 
 def attach_schedule(parts: TrainingParts, cfg: Config, run_dir: Path) -> None:
@@ -190,7 +195,6 @@ def attach_schedule(parts: TrainingParts, cfg: Config, run_dir: Path) -> None:
         # BN statistics are not averaged (averaged ones scored 32% where the live model scored 70%):
         # they are recomputed for the averaged weights before each evaluation, see recompute_bn_stats.
         parts.ema = AveragedModel(accelerator.unwrap_model(parts.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
-        accelerator.register_for_checkpointing(parts.ema)
 
 
 def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:
@@ -209,16 +213,12 @@ def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:
         return Progress()
     if accelerator.is_main_process:
         (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
-    found = latest_checkpoint(run_dir)
+    found = load_newest_good_checkpoint(accelerator, run_dir, parts.ema)
     if found is None:
         # Interrupted inside epoch 1: nothing to restore, the saved config (with its peak LR) starts afresh.
         accelerator.print(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1 with the saved config")
         return Progress()
     position = found.position()
-    if position is not None and len(position["loss_sums"]) != accelerator.num_processes:
-        raise RunError(f"{found.path} was saved inside epoch {found.epoch} by {len(position['loss_sums'])} processes; "
-                       f"resume it with that many (this launch has {accelerator.num_processes})")
-    accelerator.load_state(str(found.path))
     done = found.epoch if position is None else found.epoch - 1
     history = [h for h in read_json(run_dir / "history.json") if h["epoch"] <= done] if done else []
     rows = [r for r in read_steps(run_dir / "steps.csv") if r["epoch"] <= done] if done else []
@@ -248,6 +248,8 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
     train = train_one_epoch(parts, cfg, epoch, step_offset=len(progress.rows), start=start)
     if train.get("stopped"):
         stop_inside_epoch(parts, cfg, epoch, train["position"], progress.rows, run_dir)
+    if train.get("diverged"):
+        stop_diverged(accelerator, run_dir, progress.rows + train["rows"])
     test, eval_seconds = evaluate_parts(parts, cfg, metric)
     accelerator.print(f"Test set: Average loss: {test['loss']:.4f}, Accuracy: {test['correct']}/{test['total']} ({100 * test['accuracy']:.2f}%)")
     record = {
@@ -263,7 +265,7 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
     if accelerator.is_main_process:
         write_steps(run_dir / "steps.csv", progress.rows)
         write_json(run_dir / "history.json", progress.history)
-    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints)
+    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints, ema=parts.ema)
     return test
 
 

@@ -36,23 +36,28 @@ def make_images(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(PALETTE[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
 
 
-def write_parquet_set(root: Path, n_train: int = 200, n_test: int = 100, columns=("img", "label"), seed: int = 0) -> Path:
+def write_parquet_set(root: Path, n_train: int = 200, n_test: int = 100, columns=("img", "label"), seed: int = 0,
+                      names=tuple(CLASSES), first_label: int | None = None, size: int = 32, mode: str = "RGB") -> Path:
     """Write ``root/plain_text/{train,test}-00000-of-00001.parquet`` in uoft-cs/cifar10's schema.
 
-    Labels cycle 0..9 so every class is present; ``columns`` renames the two columns to build
-    a wrong schema on purpose.
+    Labels cycle 0..9 so every class is present. The other arguments break the schema on
+    purpose: ``columns`` renames the two columns, ``names`` gives other label names,
+    ``first_label`` replaces the first training label (e.g. -1, which ClassLabel admits as
+    "missing"), ``size`` and ``mode`` make other images.
     """
     import datasets
     from PIL import Image
 
     (root / "plain_text").mkdir(parents=True, exist_ok=True)
-    features = datasets.Features({columns[0]: datasets.Image(), columns[1]: datasets.ClassLabel(names=CLASSES)})
+    features = datasets.Features({columns[0]: datasets.Image(), columns[1]: datasets.ClassLabel(names=list(names))})
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         labels = np.arange(n) % 10
         images = make_images(labels, s)
-        ds = datasets.Dataset.from_dict(
-            {columns[0]: [Image.fromarray(a) for a in images], columns[1]: labels.tolist()}, features=features
-        )
+        pictures = [Image.fromarray(a).resize((size, size)).convert(mode) for a in images]
+        values = labels.tolist()
+        if split == "train" and first_label is not None:
+            values[0] = first_label
+        ds = datasets.Dataset.from_dict({columns[0]: pictures, columns[1]: values}, features=features)
         ds.to_parquet(str(root / "plain_text" / f"{split}-00000-of-00001.parquet"))
     return root
 

@@ -90,6 +90,38 @@ def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_di
     assert torch.equal(before[2], after[2])
 
 
+def test_range_test_restores_the_grad_scaler(tiny_data, cache_dir):
+    """With a grad scaler (fp16 on a GPU; a CPU GradScaler here) whose first steps overflow, the
+    sweep changes the scale, and the range test puts the scaler's state back exactly."""
+    from accelerate import Accelerator
+
+    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
+    from resnet_ocp.engine import DeviceSplit, TrainingParts
+    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.schedule import build_optimizer
+
+    acc = Accelerator(cpu=True)
+    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126, growth_interval=1000)
+    data = load_cifar(str(tiny_data), str(cache_dir))
+    split = DeviceSplit(data.train.images, data.train.labels, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))
+    model = CustomResNet(width=8)
+    opt = build_optimizer(model, Config(), lr=1e-3)
+    loader, _ = make_loaders(200, 100, 20, 50, seed=0)
+    model, opt, loader = acc.prepare(model, opt, loader)
+    before = copy.deepcopy(acc.scaler.state_dict())
+    scales = []
+    real_update = acc.scaler.update
+
+    def recording(*args, **kwargs):
+        real_update(*args, **kwargs)
+        scales.append(acc.scaler.get_scale())
+
+    acc.scaler.update = recording
+    range_test(TrainingParts(acc, model, opt, loader, loader, split, split), Config(lr_find_iters=20, progress=False))
+    assert scales and min(scales) < before["scale"]
+    assert acc.scaler.state_dict() == before
+
+
 def test_diverging_sweep_stops_with_a_clear_error_and_keeps_its_record(tiny_data, cache_dir, tmp_path, capsys):
     """A sweep that explodes at once ends with one error line asking for --max-lr, writes
     lr_finder.json with suggested_lr null, and never trains with a bad LR."""

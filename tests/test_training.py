@@ -195,7 +195,7 @@ def test_weight_ema_is_evaluated_saved_and_resumed(reference_run, tiny_data, cac
     saved = load_file(str(whole / "model.safetensors"))
     checkpoint = whole / "checkpoints" / "epoch_002"
     live = load_file(str(checkpoint / "model.safetensors"))
-    ema_state = torch.load(checkpoint / "custom_checkpoint_0.pkl", weights_only=True)
+    ema_state = load_file(str(checkpoint / "ema.safetensors"))
     averaged = {k.removeprefix("module."): v for k, v in ema_state.items() if k.startswith("module.")}
     weights = [k for k in saved if k.endswith(("weight", "bias"))]
     assert weights and all(torch.equal(saved[k], averaged[k]) for k in weights)
