@@ -38,7 +38,11 @@ NUMBERS = [
     (["--lr-find-start", "1", "--lr-find-end", "0.5"], "need 0 < --lr-find-start < --lr-find-end"),
     (["--keep-checkpoints", "0"], "--keep-checkpoints must be >= 1"),
     (["--process-group-timeout", "0"], "--process-group-timeout must be >= 1"),
+    (["--peak-epoch", "30"], "--peak-epoch must lie strictly between 0 and --epochs (24)"),
+    (["--max-lr", "-1"], "--max-lr must be a positive number"),
     (["--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
+    (["--lr-find-rule", "magic"], "argument --lr-find-rule: invalid choice: 'magic'"),
+    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     (["--preset", "turbo"], "--preset must be one of reference, fast, sgd24"),
 ]
 

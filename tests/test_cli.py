@@ -20,27 +20,6 @@ def test_every_config_field_is_an_option():
     assert cfg.pct_start == pytest.approx(5 / 24)
 
 
-@pytest.mark.parametrize("argv, fragment", [
-    (["--peak-epoch", "30"], "--peak-epoch must lie strictly between 0 and --epochs (24)"),
-    (["--batch-size", "500", "--grad-accum", "3"], "must be divisible by --grad-accum"),
-    (["--max-lr", "-1"], "--max-lr must be a positive number"),
-    (["--train-samples", "5"], "must be at least 10"),
-    (["--lr-find-rule", "magic"], "argument --lr-find-rule: invalid choice: 'magic'"),
-    (["--optimizer", "lamb"], "argument --optimizer: invalid choice: 'lamb'"),
-    (["--lr-find-iters", "5"], "--lr-find-iters must be at least 20"),
-    (["--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
-    (["--no-such-option"], "unrecognized arguments: --no-such-option"),
-])
-def test_bad_values_end_with_one_error_line(argv, fragment, capsys):
-    """Invalid options, argparse's own refusals included, exit with status 2 and a single line
-    naming the option and the fix, before any data loads."""
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and fragment in err and "\n" not in err
-
-
 def test_config_rejects_unknown_keys_and_bad_choices():
     """A config.json with a stray key or a choice outside its Literal is refused with a clear message."""
     with pytest.raises(ConfigError, match="unknown config keys"):

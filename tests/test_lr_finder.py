@@ -57,8 +57,9 @@ def test_no_suggestion_from_bad_curves(losses, fragment):
     assert lr is None and fragment in message
 
 
-def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_dir):
-    """After a sweep, weights, BN buffers, Adam's state and the RNG are bit-identical."""
+def _prepared_parts(tiny_data, cache_dir, scaler=None):
+    """Accelerate-prepared parts of a width-8 network on the tiny set, with ``scaler`` handed to
+    Accelerate before prepare (as it makes one for fp16 on a GPU)."""
     from accelerate import Accelerator
 
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
@@ -67,19 +68,26 @@ def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_di
     from resnet_ocp.schedule import build_optimizer
 
     acc = Accelerator(cpu=True)
+    acc.scaler = scaler
     data = load_cifar(str(tiny_data), str(cache_dir))
     split = DeviceSplit(data.train.images, data.train.labels, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))
+    torch.manual_seed(0)
     model = CustomResNet(width=8)
-    opt = build_optimizer(model, Config(), lr=1e-3)
     loader, _ = make_loaders(200, 100, 20, 50, seed=0)
-    model, opt, loader = acc.prepare(model, opt, loader)
+    model, opt, loader = acc.prepare(model, build_optimizer(model, Config(), lr=1e-3), loader)
+    return TrainingParts(acc, model, opt, loader, loader, split, split)
+
+
+def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_dir):
+    """After a sweep, weights, BN buffers, Adam's state and the RNG are bit-identical."""
+    parts = _prepared_parts(tiny_data, cache_dir)
+    acc, model, opt, loader, split = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
     for idx in list(loader)[:2]:  # give Adam some state to preserve
         x = (split.images[idx].float() / 255).contiguous(memory_format=torch.channels_last)
         acc.backward(torch.nn.functional.cross_entropy(model(x), split.labels[idx]))
         opt.step()
         opt.zero_grad()
     before = (copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict()), torch.get_rng_state())
-    parts = TrainingParts(acc, model, opt, loader, loader, split, split)
     result = range_test(parts, Config(lr_find_iters=20, lr_find_start=1e-4, lr_find_end=1.0, progress=False))
     assert len(result.lrs) >= 5
     after = (model.state_dict(), opt.state_dict(), torch.get_rng_state())
@@ -91,23 +99,11 @@ def test_range_test_restores_model_optimizer_and_rng_exactly(tiny_data, cache_di
 
 
 def test_range_test_restores_the_grad_scaler(tiny_data, cache_dir):
-    """With a grad scaler (fp16 on a GPU; a CPU GradScaler here) whose first steps overflow, the
-    sweep changes the scale, and the range test puts the scaler's state back exactly."""
-    from accelerate import Accelerator
-
-    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
-    from resnet_ocp.engine import DeviceSplit, TrainingParts
-    from resnet_ocp.model import CustomResNet
-    from resnet_ocp.schedule import build_optimizer
-
-    acc = Accelerator(cpu=True)
-    acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**126, growth_interval=1000)
-    data = load_cifar(str(tiny_data), str(cache_dir))
-    split = DeviceSplit(data.train.images, data.train.labels, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))
-    model = CustomResNet(width=8)
-    opt = build_optimizer(model, Config(), lr=1e-3)
-    loader, _ = make_loaders(200, 100, 20, 50, seed=0)
-    model, opt, loader = acc.prepare(model, opt, loader)
+    """With a grad scaler (fp16 on a GPU; a CPU GradScaler here) whose first steps overflow (the
+    scale times a loss above 2 exceeds float32's 3.4e38), the sweep changes the scale, and the
+    range test puts the scaler's state back exactly."""
+    parts = _prepared_parts(tiny_data, cache_dir, torch.amp.GradScaler("cpu", init_scale=2.0**127, growth_interval=1000))
+    acc = parts.accelerator
     before = copy.deepcopy(acc.scaler.state_dict())
     scales = []
     real_update = acc.scaler.update
@@ -117,7 +113,7 @@ def test_range_test_restores_the_grad_scaler(tiny_data, cache_dir):
         scales.append(acc.scaler.get_scale())
 
     acc.scaler.update = recording
-    range_test(TrainingParts(acc, model, opt, loader, loader, split, split), Config(lr_find_iters=20, progress=False))
+    range_test(parts, Config(lr_find_iters=20, progress=False))
     assert scales and min(scales) < before["scale"]
     assert acc.scaler.state_dict() == before
 
