@@ -86,9 +86,9 @@ def start_session(accelerator: Accelerator, run_dir: Path) -> None:
         accelerator: the run's Accelerator.
         run_dir: the run directory.
     """
-    accelerator.print(f"resnet_ocp run in {run_dir}: {accelerator.num_processes} process(es), {accelerator.distributed_type}, "
-                      f"device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
-    record_session(accelerator, run_dir)
+    session = record_session(accelerator, run_dir)
+    accelerator.print(f"resnet_ocp run in {run_dir}: {accelerator.num_processes} process(es) on {', '.join(session['machines'])}, "
+                      f"{accelerator.distributed_type}, device {accelerator.device}, mixed precision {accelerator.mixed_precision}")
 
 
 def load_data(accelerator: Accelerator, cfg: Config) -> Cifar:

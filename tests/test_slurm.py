@@ -86,6 +86,7 @@ def test_two_node_job_forms_one_group_and_keeps_the_schedule(cluster, tiny_data,
     run = tmp_path / f"slurm-{job}"
     (session,) = json.loads((run / "run.json").read_text())["sessions"]
     assert session["num_processes"] == 2 and session["machines"] == ["node1", "node2"] and session["num_machines"] == 2
+    assert "2 process(es) on node1, node2, DistributedType.MULTI_CPU" in log.read_text()
     from resnet_ocp.cli import main
 
     alone = main(tiny_args(tiny_data, cache_dir, tmp_path / "alone"))

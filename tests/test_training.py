@@ -104,7 +104,7 @@ def test_two_processes_match_one(reference_run, tiny_data, cache_dir, tmp_path):
     out = tmp_path / "two"
     proc = launch("cpu_multi.yaml", tiny_args(tiny_data, cache_dir, out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "2 process(es), DistributedType.MULTI_CPU" in proc.stdout
+    assert "2 process(es) on " in proc.stdout and ", DistributedType.MULTI_CPU" in proc.stdout
     ref_rows = read_steps(Path(reference_run["run_dir"]) / "steps.csv")
     rows = read_steps(out / "steps.csv")
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows]
