@@ -276,9 +276,14 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20, prediction
     return written
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    """``python -m resnet_ocp.report RUN_DIR``: regenerate the pictures of a finished run."""
-    parser = OneLineParser(prog="python -m resnet_ocp.report", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.report") -> list[Path]:
+    """``python -m resnet_ocp.report RUN_DIR``: regenerate the pictures of a finished run.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+        prog: the command's name in help and errors (``resnet-ocp report`` from the console command).
+    """
+    parser = OneLineParser(prog=prog, description="Redraw every picture of a finished run (and summary.json) without retraining.")
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
     parser.add_argument("--max-images", type=positive_int, default=20, help="misclassified images to show (default 20)")
     args = parser.parse_args(argv)
