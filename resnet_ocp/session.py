@@ -82,22 +82,18 @@ def slow_precision_warning(device_type: str, mixed_precision: str, bf16_native: 
     )
 
 
-def recommended_accelerate_config(cuda_capability: tuple[int, int] | None = None, cpu_bf16: bool | None = None) -> str:
-    """The ``accelerate_configs/`` file for one process on this machine: bf16 on GPUs with compute
+def recommended_accelerate_config(cuda_capability: tuple[int, int] | None, cpu_bf16: bool) -> str:
+    """The ``accelerate_configs/`` file for one process on a machine: bf16 on GPUs of compute
     capability 8.0 or more (Ampere and newer: A100, L4, H100), fp16 with loss scaling on older ones
-    (T4 is 7.5, V100 7.0; neither has bf16 tensor cores), and without a GPU bf16 where the CPU has
-    it natively, else fp32 (emulated bf16 is 12x slower, docs/performance.md).
+    (T4 is 7.5, V100 7.0: no bf16 tensor cores), and without a GPU bf16 where the CPU has it
+    natively, else fp32 (emulated bf16 ran 12x slower, docs/performance.md).
 
     Args:
-        cuda_capability: the GPU's compute capability (default: asked of torch; None without a GPU).
-        cpu_bf16: whether the CPU has native bf16 (default: asked of oneDNN).
+        cuda_capability: the GPU's compute capability (``torch.cuda.get_device_capability()``), None without one.
+        cpu_bf16: whether the CPU has native bf16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``).
     """
-    if cuda_capability is None and torch.cuda.is_available():
-        cuda_capability = torch.cuda.get_device_capability()
     if cuda_capability is not None:
-        return "accelerate_configs/single_gpu_bf16.yaml" if cuda_capability >= (8, 0) else "accelerate_configs/single_gpu_fp16.yaml"
-    if cpu_bf16 is None:
-        cpu_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return "accelerate_configs/single_gpu_bf16.yaml" if tuple(cuda_capability) >= (8, 0) else "accelerate_configs/single_gpu_fp16.yaml"
     return "accelerate_configs/cpu.yaml" if cpu_bf16 else "accelerate_configs/cpu_fp32.yaml"
 
 
