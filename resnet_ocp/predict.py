@@ -53,19 +53,41 @@ def load_model(source: str) -> tuple[CustomResNet, str, str]:
         source: a run directory, an exported (``save_pretrained``) folder or a Hub id.
     """
     path = Path(source).expanduser()
-    if path.is_dir():
-        config = path / "config.json"
-        if not config.exists():
-            raise ModelError(f"MODEL {source} has no config.json; give a run directory, an exported folder or a Hub id")
-        if "epochs" in read_json(config):  # a training Config: a run directory
-            if not (path / WEIGHTS_FILE).exists():
-                raise ModelError(f"MODEL {source} is a run without {WEIGHTS_FILE} (unfinished); finish it with resnet-ocp train --resume {source}")
-            from resnet_ocp.evaluate import load_run_model, run_precision
+    if not path.is_dir():
+        return _load_from_hub(source, path)
+    try:
+        return _load_folder(source, path)
+    except UserError:
+        raise
+    except Exception as exc:  # safetensors, json and torch raise many types on a damaged file
+        raise ModelError(f"MODEL {source} could not be loaded ({type(exc).__name__}: {_first_line(exc)}); "
+                         "give a finished run directory or an exported folder") from None
 
-            return load_run_model(path), run_precision(path), "run directory"
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _load_folder(source: str, path: Path) -> tuple[CustomResNet, str, str]:
+    """A run directory or an exported folder (see ``load_model``)."""
+    config = path / "config.json"
+    if not config.exists():
+        raise ModelError(f"MODEL {source} has no config.json; give a run directory, an exported folder or a Hub id")
+    if "epochs" in read_json(config):  # a training Config: a run directory
         if not (path / WEIGHTS_FILE).exists():
-            raise ModelError(f"MODEL {source} has no {WEIGHTS_FILE}; give a folder written by resnet-ocp export or save_pretrained")
-        return CustomResNet.from_pretrained(path), "no", "exported folder"
+            raise ModelError(f"MODEL {source} is a run without {WEIGHTS_FILE} (unfinished); finish it with resnet-ocp train --resume {source}")
+        from resnet_ocp.evaluate import load_run_model, run_precision
+
+        return load_run_model(path), run_precision(path), "run directory"
+    if not (path / WEIGHTS_FILE).exists():
+        raise ModelError(f"MODEL {source} has no {WEIGHTS_FILE}; give a folder written by resnet-ocp export or save_pretrained")
+    return CustomResNet.from_pretrained(path), "no", "exported folder"
+
+
+
+
+def _load_from_hub(source: str, path: Path) -> tuple[CustomResNet, str, str]:
+    """A Hub model by id (see ``load_model``)."""
     if path.exists() or not _HUB_ID.match(source):
         raise ModelError(f"MODEL {source} is {'a file' if path.exists() else 'no directory here'}; "
                          "give a run directory, an exported folder or a Hub id (owner/name)")
@@ -73,8 +95,7 @@ def load_model(source: str) -> tuple[CustomResNet, str, str]:
         return CustomResNet.from_pretrained(source), "no", "Hub model"
     except Exception as exc:  # huggingface_hub raises many types (offline, not found, gated, no network)
         offline = " (HF_HUB_OFFLINE=1: only models already in the Hub cache load)" if os.environ.get("HF_HUB_OFFLINE") == "1" else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"MODEL {source}: no directory here and no Hub model loaded{offline}: {first[:200]}; "
+        raise ModelError(f"MODEL {source}: no directory here and no Hub model loaded{offline}: {_first_line(exc)}; "
                          "give a run directory, an exported folder or a Hub id") from None
 
 
@@ -234,8 +255,10 @@ def _device(name: str | None) -> torch.device:
         device = torch.device(name)
     except (RuntimeError, ValueError):
         raise UserError(f"--device {name}: not a torch device (cpu, cuda, cuda:1...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: no CUDA GPU here; use --device cpu or leave it out")
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError):  # torch's answer for a device type this build or machine lacks
+        raise UserError(f"--device {name}: no such device here; use --device cpu or leave it out") from None
     return device
 
 

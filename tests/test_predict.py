@@ -144,8 +144,12 @@ def test_precision_is_the_runs_only_where_native():
 
 
 def test_model_errors_are_one_line(finished_run, tmp_path, capsys):
-    """An unfinished run, a folder without images, more classes than the model has, and a Hub id
-    not in the offline cache each end with one `error:` line and exit status 2."""
+    """An unfinished run, damaged weights, a folder without images, more classes than the model
+    has, a device this machine lacks, and a Hub id not in the offline cache each end with one
+    `error:` line and exit status 2."""
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text('{"width": 8}')
+    (tmp_path / "damaged" / "model.safetensors").write_bytes(b"\x07" * 100)
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "config.json").write_text(json.dumps(Config(width=8).to_dict()))
     (tmp_path / "empty").mkdir()
@@ -153,7 +157,9 @@ def test_model_errors_are_one_line(finished_run, tmp_path, capsys):
     Image.fromarray(make_images(np.array([1]), 0)[0]).save(image)
     for argv, fragment in [
         ([str(tmp_path / "unfinished"), str(image)], "is a run without model.safetensors (unfinished)"),
+        ([str(tmp_path / "damaged"), str(image)], "could not be loaded (SafetensorError: "),
         ([finished_run["run_dir"], str(tmp_path / "empty")], "holds no image files"),
+        ([finished_run["run_dir"], str(image), "--device", "cuda:99"], "--device cuda:99: no such device here"),
         ([finished_run["run_dir"], str(image), "--top-k", "11"], "--top-k 11 exceeds the model's 10 classes"),
         (["nobody/no-such-model", str(image)], "MODEL nobody/no-such-model: no directory here and no Hub model loaded (HF_HUB_OFFLINE=1"),
     ]:
