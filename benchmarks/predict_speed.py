@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +34,17 @@ def write_test_pngs(data: Path, folder: Path) -> list[int]:
     return table.column("label").to_pylist()
 
 
-def timed(command: list[str]) -> tuple[float, str]:
-    """Wall seconds of a fresh process running ``command``, and its stdout."""
+def timed(command: list[str]) -> tuple[float, str, float]:
+    """Wall seconds of a fresh process running ``command``, its stdout, and the CPU seconds it used
+    (user + system, all threads: unlike wall time, hardly changed by other processes on the cores)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=os.environ)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode:
         raise SystemExit(f"error: {' '.join(command)} exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1]}")
-    return seconds, proc.stdout
+    return seconds, proc.stdout, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -54,18 +58,22 @@ def main() -> None:
     folder = Path(args.png_dir)
     labels = write_test_pngs(Path(args.data), folder)
     predict = [sys.executable, "-m", "resnet_ocp.cli", "predict", args.model]
+    from resnet_ocp.session import cpu_identity
+
+    cpu = cpu_identity()
     record = {"benchmark": "predict_speed", "date": time.strftime("%Y-%m-%d %H:%M:%S"), "model": args.model,
-              "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus", "load_average_before": os.getloadavg()[0]}
+              "machine": f"{cpu['cpu_name']} ({cpu['cpu_capability']}), {os.cpu_count()} cpus", "python": platform.python_version(),
+              "load_average_before": os.getloadavg()[0]}
     for tta in ("--tta", "--no-tta"):
-        seconds, out = timed([*predict, str(folder), "--json", tta])
+        seconds, out, cpu = timed([*predict, str(folder), "--json", tta])
         result = json.loads(out)
         correct = sum(p["top"][0]["index"] == labels[int(Path(p["file"]).stem.split("_")[1])] for p in result["predictions"])
         key = tta.lstrip("-").replace("-", "_")
         record[f"folder_{key}"] = {"images": len(result["predictions"]), "seconds": seconds, "images_per_second": len(labels) / seconds,
-                                   "correct": correct, "precision": result["precision"], "device": result["device"]}
-        print(f"folder of {len(labels)} PNGs, {tta}: {seconds:.1f} s, {len(labels) / seconds:.1f} img/s, top-1 {correct}/{len(labels)}",
-              flush=True)
-    imports, _ = timed([sys.executable, "-c", "import resnet_ocp.cli, resnet_ocp.predict"])
+                                   "cpu_seconds": cpu, "correct": correct, "precision": result["precision"], "device": result["device"]}
+        print(f"folder of {len(labels)} PNGs, {tta}: {seconds:.1f} s, {len(labels) / seconds:.1f} img/s ({cpu:.0f} CPU seconds), "
+              f"top-1 {correct}/{len(labels)}", flush=True)
+    imports = timed([sys.executable, "-c", "import resnet_ocp.cli, resnet_ocp.predict"])[0]
     cold = [timed([*predict, str(folder / "test_00000.png")])[0] for _ in range(args.cold_runs)]
     record["cold_start_one_image_s"] = {"median": statistics.median(cold), "min": min(cold), "max": max(cold), "runs": cold,
                                         "of_which_imports_s": imports}
