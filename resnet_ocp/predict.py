@@ -192,7 +192,11 @@ def predict_files(model: CustomResNet, files: list[str | os.PathLike], **options
 
 
 def describe(entry: dict) -> str:
-    """One line for a predicted file: its classes with probabilities, then the notes in brackets."""
+    """One line for a predicted file: its classes with probabilities, then the notes in brackets.
+
+    Args:
+        entry: a result of ``iter_predictions`` without ``error``.
+    """
     line = f"{entry['file']}: " + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%" for t in entry["top"])
     return line + (f"  [{'; '.join(entry['notes'])}]" if entry["notes"] else "")
 
