@@ -23,6 +23,15 @@ class RunError(UserError):
     """A run cannot start or go on (launch, run directory, resume); the message says what to do."""
 
 
+# EX_TEMPFAIL of sysexits.h, "try again later": the exit status of a run stopped by a signal.
+PREEMPTED_EXIT = 75
+
+
+class Preempted(Exception):
+    """The run stopped on a signal after saving a checkpoint; ``--resume`` continues it (not an
+    error: the command exits with ``PREEMPTED_EXIT`` after the trainer said where it stopped)."""
+
+
 def exit_with(error: BaseException | str, status: int = 2) -> None:
     """Print ``error: <message>`` as one line on stderr and exit.
 

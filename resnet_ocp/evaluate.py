@@ -17,7 +17,7 @@ from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
 from resnet_ocp.engine import load_accuracy_metric, predict_logits
 from resnet_ocp.errors import DamagedFileError, OneLineParser, UserError, exit_with
-from resnet_ocp.model import for_config
+from resnet_ocp.model import CustomResNet, for_config
 from resnet_ocp.session import last_session
 
 
@@ -42,6 +42,28 @@ def load_trained(run_dir: str | Path, cfg: Config, num_classes: int, device: tor
     model.load_state_dict(state)
     model = model.to(device).eval()
     return model.to(memory_format=torch.channels_last) if cfg.channels_last else model
+
+
+def load_run_model(run_dir: str | Path) -> CustomResNet:
+    """A finished run's network with what prediction needs beside the weights: the class names
+    (from ``model.safetensors``'s metadata), the training normalisation every run uses and the
+    run's ``--tta``; on the CPU, in eval mode, in the standard memory format.
+
+    Args:
+        run_dir: a finished run directory (``config.json`` and ``model.safetensors``).
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    cfg = Config.from_dict(read_json(run_dir / "config.json"))
+    weights = run_dir / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        classes = (f.metadata() or {}).get("classes")
+        num_classes = f.get_slice("fc.bias").get_shape()[0]
+    model = for_config(cfg, num_classes, classes.split(",") if classes else None)
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval()
 
 
 def run_precision(run_dir: str | Path) -> str:
@@ -105,9 +127,14 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Print the test accuracy of ``RUN_DIR``'s weights and compare it with the record."""
-    parser = OneLineParser(prog="python -m resnet_ocp.evaluate", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.evaluate") -> dict:
+    """Print the test accuracy of ``RUN_DIR``'s weights and compare it with the record.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+        prog: the command's name in help and errors (``resnet-ocp evaluate`` from the console command).
+    """
+    parser = OneLineParser(prog=prog, description="The test accuracy of a finished run's saved weights, compared with its record.")
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
     parser.add_argument("--data", help="dataset source (default: the run's --data)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA (default: the run's setting)")

@@ -3,12 +3,25 @@
 With ``width=64`` it has exactly 6,573,130 trainable parameters (convolutions carry no
 bias because each is followed by batch norm). No device or dtype logic lives here:
 Accelerate places the model and autocast chooses the precision.
+
+``CustomResNet`` is a huggingface_hub ``PyTorchModelHubMixin``: ``save_pretrained(dir)`` writes
+``model.safetensors`` and a small ``config.json`` holding what prediction needs (classes, width,
+logit scale, input normalisation, class names, flip TTA), and ``from_pretrained(dir or Hub id)``
+builds the network from them, on the CPU, in eval mode.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
+from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+
+from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD
+
+WEIGHTS_FILE = "model.safetensors"
 
 
 class ConvBlock(nn.Sequential):
@@ -33,22 +46,44 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
-class CustomResNet(nn.Module):
+class CustomResNet(nn.Module, PyTorchModelHubMixin, library_name="resnet-ocp", license="apache-2.0",
+                   pipeline_tag="image-classification", tags=["image-classification", "cifar10"]):
     """The mission network for 32x32 RGB inputs.
+
+    ``forward`` takes inputs already normalised with ``mean`` and ``std``; those, the class
+    names and ``tta`` ride along so that a saved model can be used for prediction alone
+    (``resnet_ocp.predict`` applies them).
 
     Args:
         num_classes: size of the output layer.
         width: channels of the prep layer; the stages use 2x, 4x and 8x this.
-        bn_momentum: momentum of every batch norm's running statistics.
+        bn_momentum: momentum of every batch norm's running statistics (training only, so not
+            part of the saved config).
         logit_scale: constant the FC output is multiplied by (no parameters). Page's ResNet
             uses 0.125: the FC layer is the one layer batch norm does not normalise, and its
             512 pooled features make an SGD step move the logits by roughly lr x 500 at scale 1
             (our SGD range test diverged from LR 0.01 there).
+        mean: per-channel input mean, fractions of 255 (default: CIFAR-10's training set).
+        std: per-channel input standard deviation, fractions of 255.
+        class_names: the name of each output, in order (None: unnamed).
+        tta: whether the model is meant to be used with flip test-time augmentation (the mean
+            of the logits of an image and its mirror), as the run that trained it was tested;
+            ``forward`` ignores it.
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1, logit_scale: float = 1.0) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1, logit_scale: float = 1.0, *,
+                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
+                 class_names: Sequence[str] | None = None, tta: bool = False) -> None:
         super().__init__()
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.logit_scale = logit_scale
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.tta = tta
+        # What save_pretrained writes as config.json and from_pretrained passes back to __init__.
+        self._hub_mixin_config = {"num_classes": num_classes, "width": width, "logit_scale": logit_scale, "mean": list(self.mean),
+                                  "std": list(self.std), "class_names": self.class_names, "tta": tta}
         w, m = width, bn_momentum
         self.prep = ConvBlock(3, w, bn_momentum=m)
         self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, bn_momentum=m), Residual(2 * w, m))
@@ -64,16 +99,53 @@ class CustomResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1)) * self.logit_scale
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """Write the weights as train.py writes a run's ``model.safetensors`` (same tensors, same
+        header metadata), so the file saved from a run's weights is byte-identical to the run's."""
+        from safetensors.torch import save_file
 
-def for_config(cfg, num_classes: int) -> CustomResNet:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(Path(save_directory) / WEIGHTS_FILE), metadata=weights_metadata(self.class_names or []))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool, local_files_only: bool,
+                         token, **model_kwargs) -> CustomResNet:
+        """Build the network from its config and load every tensor (strictly: a missing or extra
+        tensor is an error, where the mixin's default would skip it silently), on the CPU."""
+        from huggingface_hub import hf_hub_download
+        from safetensors.torch import load_model
+
+        model = cls(**model_kwargs)
+        if Path(model_id).is_dir():
+            weights = Path(model_id) / WEIGHTS_FILE
+        else:
+            weights = hf_hub_download(repo_id=model_id, filename=WEIGHTS_FILE, revision=revision, cache_dir=cache_dir,
+                                      force_download=force_download, token=token, local_files_only=local_files_only)
+        load_model(model, str(weights), strict=True)
+        return model.eval()
+
+
+def weights_metadata(class_names: Sequence[str]) -> dict[str, str]:
+    """The header metadata of every ``model.safetensors`` this project writes: the class names,
+    comma-separated (safetensors metadata values must be strings).
+
+    Args:
+        class_names: the output classes in order.
+    """
+    return {"classes": ",".join(class_names)}
+
+
+def for_config(cfg, num_classes: int, class_names: Sequence[str] | None = None) -> CustomResNet:
     """The network a run's configuration describes; training and ``evaluate`` both build it
     here, so a new architecture option cannot reach one and miss the other.
 
     Args:
-        cfg: a ``resnet_ocp.config.Config`` (width, bn_momentum, logit_scale).
+        cfg: a ``resnet_ocp.config.Config`` (width, bn_momentum, logit_scale, tta).
         num_classes: size of the output layer.
+        class_names: the output classes in order, if known.
     """
-    return CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale)
+    return CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale,
+                        class_names=class_names, tta=cfg.tta)
 
 
 def count_parameters(model: nn.Module) -> int:

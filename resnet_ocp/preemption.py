@@ -20,19 +20,13 @@ import torch
 
 from resnet_ocp.atomic import write_json
 from resnet_ocp.checkpoint import latest_checkpoint, save_checkpoint
-from resnet_ocp.errors import UserError
+from resnet_ocp.errors import Preempted, UserError
 from resnet_ocp.rundir import write_steps
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
-# EX_TEMPFAIL of sysexits.h, "try again later": the job script requeues on it.
-PREEMPTED_EXIT = 75
 # Written into the run directory on such an exit (and removed on resume): launchers such as torchrun
 # report their own status, not the worker's, so a job script reads this file instead.
 PREEMPTED_FILE = "preempted.json"
-
-
-class Preempted(Exception):
-    """The run stopped on a signal after saving a checkpoint; ``--resume`` continues it."""
 
 
 class StopRequest:

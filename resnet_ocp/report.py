@@ -1,11 +1,9 @@
 """The pictures of a run, written headless (matplotlib Agg) into its run directory.
 
-``python -m resnet_ocp.report RUN_DIR`` regenerates every picture from a finished run's
-files and saved weights without retraining: ``lr_finder.png``, ``schedule.png`` (LR and momentum
-as the optimizer applied them, from steps.csv), ``curves.png``, ``misclassified.png``,
-``confusion_matrix.png`` (with per-class accuracy, also in ``per_class_accuracy.json``) and
-``gradcam.png``, plus ``summary.json``: final and best test accuracy and the first epoch (and
-minutes) at which the run reached 90, 92 and 94%.
+``python -m resnet_ocp.report RUN_DIR`` (``resnet-ocp report``) regenerates every picture from a finished run's files and saved weights
+without retraining: ``lr_finder.png``, ``schedule.png`` (LR and momentum as the optimizer applied them, from steps.csv), ``curves.png``,
+``misclassified.png``, ``confusion_matrix.png`` (with per-class accuracy, also in ``per_class_accuracy.json``) and ``gradcam.png``, plus
+``summary.json``: final and best test accuracy and the first epoch (and minutes) at which the run reached 90, 92 and 94%.
 """
 
 from __future__ import annotations
@@ -257,7 +255,6 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20, prediction
     else:
         pred, conf = predictions
     mean, std = torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD)
-
     labels = data.test.labels
     m = confusion(labels.numpy(), pred.numpy(), len(data.classes))
     plot_confusion(m, data.classes, run_dir / "confusion_matrix.png")
@@ -276,9 +273,14 @@ def make_report(run_dir: str | Path, data=None, max_images: int = 20, prediction
     return written
 
 
-def main(argv: list[str] | None = None) -> list[Path]:
-    """``python -m resnet_ocp.report RUN_DIR``: regenerate the pictures of a finished run."""
-    parser = OneLineParser(prog="python -m resnet_ocp.report", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.report") -> list[Path]:
+    """``python -m resnet_ocp.report RUN_DIR``: regenerate the pictures of a finished run.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+        prog: the command's name in help and errors (``resnet-ocp report`` from the console command).
+    """
+    parser = OneLineParser(prog=prog, description="Redraw every picture of a finished run (and summary.json) without retraining.")
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
     parser.add_argument("--max-images", type=positive_int, default=20, help="misclassified images to show (default 20)")
     args = parser.parse_args(argv)
@@ -290,8 +292,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         written = make_report(run_dir, max_images=args.max_images)
     except UserError as exc:
         exit_with(exc)
-    for p in written:
-        print(p)
+    print(*written, sep="\n")
     return written
 
 

@@ -89,6 +89,41 @@ def slow_precision_warning(device_type: str, mixed_precision: str, bf16_native: 
     )
 
 
+def recommended_accelerate_config(cuda_capability: tuple[int, int] | None, cpu_bf16: bool) -> str:
+    """The ``accelerate_configs/`` file for one process on a machine: bf16 on GPUs of compute
+    capability 8.0 or more (Ampere and newer: A100, L4, H100), fp16 with loss scaling on older ones
+    (T4 is 7.5, V100 7.0: no bf16 tensor cores), and without a GPU bf16 where the CPU has it
+    natively, else fp32 (emulated bf16 ran 12x slower, docs/performance.md).
+
+    Args:
+        cuda_capability: the GPU's compute capability (``torch.cuda.get_device_capability()``), None without one.
+        cpu_bf16: whether the CPU has native bf16 (``torch.ops.mkldnn._is_mkldnn_bf16_supported()``).
+    """
+    if cuda_capability is not None:
+        return "accelerate_configs/single_gpu_bf16.yaml" if tuple(cuda_capability) >= (8, 0) else "accelerate_configs/single_gpu_fp16.yaml"
+    return "accelerate_configs/cpu.yaml" if cpu_bf16 else "accelerate_configs/cpu_fp32.yaml"
+
+
+# One-process config files by (on a GPU, mixed precision); each file's own values are these.
+_ONE_PROCESS_CONFIGS = {(False, "bf16"): "cpu", (False, "no"): "cpu_fp32", (True, "no"): "single_gpu",
+                        (True, "bf16"): "single_gpu_bf16", (True, "fp16"): "single_gpu_fp16"}
+
+
+def launch_options(session: dict) -> str:
+    """The ``accelerate launch`` options that give a recorded session's precision and processes.
+
+    Args:
+        session: an entry of ``run.json`` (``mixed_precision``, ``num_processes``, ``device``).
+    """
+    precision, processes = session["mixed_precision"], session["num_processes"]
+    gpu = not str(session["device"]).startswith("cpu")
+    if processes == 1 and (gpu, precision) in _ONE_PROCESS_CONFIGS:
+        return f"--config_file accelerate_configs/{_ONE_PROCESS_CONFIGS[gpu, precision]}.yaml"
+    # Otherwise a file of the right kind, its process count and precision overridden by the recorded ones.
+    name = ("multi_gpu" if gpu else "cpu_multi") if processes > 1 else ("single_gpu" if gpu else "cpu_fp32")
+    return f"--config_file accelerate_configs/{name}.yaml --num_processes {processes} --mixed_precision {precision}"
+
+
 def check_world_size(num_processes: int, environ) -> None:
     """Refuse a process that the launcher counted as one of several but Accelerate sees alone:
     it would train on all the data into the same run directory as its siblings.

@@ -19,7 +19,7 @@ from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_l
 from resnet_ocp.engine import DeviceSplit, EpochPosition, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
 from resnet_ocp.errors import RunError
 from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
-from resnet_ocp.model import count_parameters, for_config, summary
+from resnet_ocp.model import count_parameters, for_config, summary, weights_metadata
 from resnet_ocp.preemption import PREEMPTED_FILE, StopRequest, stop_diverged, stop_inside_epoch
 from resnet_ocp.rundir import open_run_dir, read_steps, write_predictions, write_steps
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
@@ -302,7 +302,7 @@ def finish(parts: TrainingParts, cfg: Config, run_dir: Path, test: dict, data: C
         accelerator.print("pictures: " + ", ".join(p.name for p in pictures))
         _log_picture(accelerator, run_dir / "misclassified.png", cfg.epochs)
         with atomic_path(run_dir / "model.safetensors") as tmp:
-            save_file(weights, tmp, metadata={"classes": ",".join(data.classes)})
+            save_file(weights, tmp, metadata=weights_metadata(data.classes))
     accelerator.wait_for_everyone()
 
 

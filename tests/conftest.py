@@ -113,12 +113,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: str, argv: list[str], env_extra: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def launch(config: str, argv: list[str], env_extra: dict | None = None, timeout: int = 300,
+           module: str | None = None) -> subprocess.CompletedProcess:
     """``accelerate launch --config_file accelerate_configs/<config> train.py <argv>`` as a real
-    subprocess, on a free rendezvous port, returning its exit status and output."""
+    subprocess, on a free rendezvous port, returning its exit status and output; with ``module``,
+    ``accelerate launch ... -m <module> <argv>`` (Accelerate's --module) instead of train.py."""
     env = {**os.environ, **(env_extra or {})}
+    script = ["-m", module] if module else [str(REPO / "train.py")]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
-           "--main_process_port", str(free_port()), str(REPO / "train.py"), *argv]
+           "--main_process_port", str(free_port()), *script, *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 

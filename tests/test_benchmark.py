@@ -121,3 +121,20 @@ def test_readme_ablation_table_agrees_with_the_recorded_variants():
         assert rows[flags][2].strip("*") == f"{accuracy:.2f}%", name
         if name != "baseline":
             assert rows[flags][3] == f"{accuracy - baseline:+.2f}", name
+
+
+@pytest.mark.slow
+def test_predict_speed_benchmark_records_rates_latency_and_accuracy(finished_run, tiny_data, tmp_path):
+    """benchmarks/predict_speed.py on the tiny set and run appends one record: a folder of its 100
+    test images predicted with and without TTA (rates, and a top-1 count equal to the run's final
+    test accuracy without TTA), and the cold-start latency of one image."""
+    results = tmp_path / "results.jsonl"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "predict_speed.py"), "--data", str(tiny_data), "--model", finished_run["run_dir"],
+           "--png-dir", str(tmp_path / "png"), "--cold-runs", "1", "--results", str(results)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(results.read_text())
+    assert record["folder_no_tta"]["images"] == record["folder_tta"]["images"] == 100
+    assert record["folder_no_tta"]["correct"] == round(100 * finished_run["final_accuracy"])
+    assert record["folder_tta"]["images_per_second"] > 0 and record["cold_start_one_image_s"]["median"] > 0
+    assert "one image from a cold start: median" in proc.stdout

@@ -75,3 +75,64 @@ def test_logit_scale_multiplies_the_output_and_adds_no_parameters():
         a, b = plain(x), scaled(x)
     torch.testing.assert_close(b, a * 0.125)
     assert torch.equal(a.argmax(1), b.argmax(1))
+
+
+def _trained_looking(width: int = 8, **kwargs) -> CustomResNet:
+    """A small network with random weights and non-default batch-norm statistics, in eval mode."""
+    torch.manual_seed(0)
+    model = CustomResNet(width=width, **kwargs)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def test_save_pretrained_and_from_pretrained_give_the_same_network(tmp_path):
+    """save_pretrained writes model.safetensors and a config.json holding only what prediction
+    needs (no batch-norm momentum, nothing of training); from_pretrained rebuilds a network in eval
+    mode on the CPU whose logits are bit-identical and whose class names, normalisation, logit
+    scale and TTA flag are the saved ones."""
+    import json
+
+    from resnet_ocp.model import CustomResNet as Net
+
+    names = [f"c{i}" for i in range(10)]
+    model = _trained_looking(logit_scale=0.125, class_names=names, tta=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), bn_momentum=0.01)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config == {"num_classes": 10, "width": 8, "logit_scale": 0.125, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
+                      "class_names": names, "tta": True}
+    loaded = Net.from_pretrained(tmp_path)
+    assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
+    assert (loaded.class_names, loaded.tta, loaded.mean, loaded.std, loaded.logit_scale) == (names, True, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 0.125)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    assert count_parameters(Net.from_pretrained(tmp_path)) == count_parameters(model)
+
+
+def test_from_pretrained_refuses_weights_that_do_not_fit(tmp_path):
+    """A weights file missing a tensor is an error, not a network with that tensor left at its
+    random initial value (the mixin's default loads non-strictly)."""
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    model = _trained_looking()
+    model.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    del tensors["fc.bias"]
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="fc.bias"):
+        CustomResNet.from_pretrained(tmp_path)
+
+
+def test_default_construction_is_unchanged():
+    """CustomResNet() is still the 10-class width-64 network, with CIFAR-10's normalisation,
+    no class names and no TTA, so every existing caller builds the same network."""
+    from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD
+
+    model = CustomResNet()
+    assert (model.fc.out_features, model.prep[0].out_channels, model.logit_scale) == (10, 64, 1.0)
+    assert (model.mean, model.std, model.class_names, model.tta) == (CIFAR10_MEAN, CIFAR10_STD, None, False)
