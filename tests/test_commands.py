@@ -9,11 +9,11 @@ import pytest
 from conftest import launch, tiny_args
 from resnet_ocp.cli import COMMANDS, main
 
-NAMES = ["train", "lr-find", "evaluate", "predict", "report", "export"]
+NAMES = ["train", "launch", "lr-find", "evaluate", "predict", "report", "export"]
 
 
 def test_overview_lists_every_command(capsys):
-    """`resnet-ocp --help` exits 0 and names each of the six commands with its one-line summary."""
+    """`resnet-ocp --help` exits 0 and names each of the seven commands with its one-line summary."""
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     out = capsys.readouterr().out
@@ -32,7 +32,7 @@ def test_every_command_has_help(name, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["predcit", "m", "x.png"], "unknown command 'predcit'; choose one of train, lr-find"),
+    (["predcit", "m", "x.png"], "unknown command 'predcit'; choose one of train, launch, lr-find"),
     (["train", "--epochs", "0"], "--epochs must be >= 1"),
     (["lr-find", "--lr-find-iters", "5"], "--lr-find-iters must be at least 20"),
     (["evaluate"], "the following arguments are required: run_dir; see resnet-ocp evaluate --help"),
@@ -91,3 +91,26 @@ def test_accelerate_launch_of_the_module_trains(tiny_data, cache_dir, tmp_path):
     assert (session["mixed_precision"], session["num_processes"]) == ("no", 1)
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1]
     assert Path(out / "model.safetensors").exists() and proc.stdout.count("Test set: Average loss") == 1
+
+
+def test_launch_checks_the_accelerate_config_then_trains(tiny_data, cache_dir, tmp_path):
+    """`resnet-ocp launch CONFIG ...`: a config file that is missing, not YAML, or not an Accelerate
+    config is one error line (exit 2) where `accelerate launch` would end in a traceback; a good one
+    runs `accelerate launch -m resnet_ocp.cli train` with the options."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "broken.yaml").write_text("a: [\n")
+    (tmp_path / "other.yaml").write_text("name: not accelerate\n")
+    for config, fragment in [("nope.yaml", "accelerate config nope.yaml does not exist"),
+                             (str(tmp_path / "broken.yaml"), "is not readable YAML"), (str(tmp_path / "other.yaml"), "has no distributed_type")]:
+        proc = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "launch", config], capture_output=True, text=True, cwd=REPO)
+        assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ") and fragment in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    out = tmp_path / "launched"
+    proc = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "launch", "accelerate_configs/cpu_fp32.yaml",
+                           *tiny_args(tiny_data, cache_dir, out)], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
