@@ -80,6 +80,7 @@ def test_evaluate_command_is_the_evaluate_module(finished_run):
     assert result["accuracy"] == pytest.approx(finished_run["history"][-1]["test_accuracy"], abs=1e-9) and result["total"] == 100
 
 
+@pytest.mark.slow
 def test_accelerate_launch_of_the_module_trains(tiny_data, cache_dir, tmp_path):
     """`accelerate launch -m resnet_ocp.cli train ...` (Accelerate's --module) runs a real launch
     of the package's command: one epoch on the tiny set, in the config file's fp32, finished."""
@@ -93,10 +94,9 @@ def test_accelerate_launch_of_the_module_trains(tiny_data, cache_dir, tmp_path):
     assert Path(out / "model.safetensors").exists() and proc.stdout.count("Test set: Average loss") == 1
 
 
-def test_launch_checks_the_accelerate_config_then_trains(tiny_data, cache_dir, tmp_path):
-    """`resnet-ocp launch CONFIG ...`: a config file that is missing, not YAML, or not an Accelerate
-    config is one error line (exit 2) where `accelerate launch` would end in a traceback; a good one
-    runs `accelerate launch -m resnet_ocp.cli train` with the options."""
+def test_launch_refuses_a_config_that_accelerate_cannot_use(tmp_path):
+    """`resnet-ocp launch CONFIG`: a config file that is missing, not YAML, or not an Accelerate
+    config is one error line (exit 2) where `accelerate launch` would end in a traceback."""
     import subprocess
     import sys
 
@@ -109,6 +109,17 @@ def test_launch_checks_the_accelerate_config_then_trains(tiny_data, cache_dir, t
         proc = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "launch", config], capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ") and fragment in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_launch_with_a_good_config_trains(tiny_data, cache_dir, tmp_path):
+    """`resnet-ocp launch accelerate_configs/cpu_fp32.yaml ...` runs `accelerate launch -m
+    resnet_ocp.cli train` with the options: the run finishes its two epochs."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
     out = tmp_path / "launched"
     proc = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "launch", "accelerate_configs/cpu_fp32.yaml",
                            *tiny_args(tiny_data, cache_dir, out)], capture_output=True, text=True, cwd=REPO, timeout=300)
