@@ -20,7 +20,8 @@ from resnet_ocp.config import Config
 from resnet_ocp.errors import OneLineParser, RunError, UserError, exit_with
 
 # Options that decide where and how a run is kept, not what it learns: left out of the card's command.
-HOUSEKEEPING = ("output_dir", "resume", "stop_after_epoch", "cache_dir", "progress", "log_every", "keep_checkpoints")
+HOUSEKEEPING = ("output_dir", "resume", "stop_after_epoch", "cache_dir", "progress", "log_every", "keep_checkpoints",
+                "process_group_timeout")
 PICTURES = ("schedule.png", "curves.png")
 REQUIRED = ("config.json", "history.json", "model.safetensors")
 
