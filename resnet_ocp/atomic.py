@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from resnet_ocp.errors import DamagedFileError
+from resnet_ocp.errors import damaged_file
 
 
 @contextlib.contextmanager
@@ -64,7 +64,5 @@ def read_json(path: str | os.PathLike) -> Any:
     """
     try:
         return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise DamagedFileError(f"{path} is missing; restore it from a copy or start a new run") from None
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
-        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); restore it from a copy or start a new run") from None
+        raise damaged_file(path, exc) from None

@@ -19,6 +19,18 @@ class DamagedFileError(UserError):
     """A file the run needs is missing, truncated or not in its format; the message names it."""
 
 
+def damaged_file(path, exc: BaseException | None = None) -> DamagedFileError:
+    """The one-line error for a run file that is missing (``exc`` a FileNotFoundError or None) or unreadable.
+
+    Args:
+        path: the file.
+        exc: what reading it raised.
+    """
+    if exc is None or isinstance(exc, FileNotFoundError):
+        return DamagedFileError(f"{path} is missing; restore it from a copy or start a new run")
+    return DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); restore it from a copy or start a new run")
+
+
 class RunError(UserError):
     """A run cannot start or go on (launch, run directory, resume); the message says what to do."""
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet_ocp.atomic import atomic_path
-from resnet_ocp.errors import DamagedFileError, RunError
+from resnet_ocp.errors import RunError, damaged_file
 
 STEP_FIELDS = ("step", "epoch", "samples", "lr", "momentum", "loss")
 # Older steps.csv files (the records under results/ among them) call the momentum column beta1.
@@ -118,10 +118,8 @@ def read_steps(path: str | os.PathLike) -> list[dict[str, Any]]:
                 row = {_LEGACY_STEP_FIELDS.get(k, k): v for k, v in raw.items()}
                 rows.append({k: types[k](row[k]) for k in STEP_FIELDS})
             return rows
-    except FileNotFoundError:
-        raise DamagedFileError(f"{path} is missing; restore it from a copy or start a new run") from None
     except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
-        raise DamagedFileError(f"{path} is damaged ({type(exc).__name__}: {str(exc)[:120]}); restore it from a copy or start a new run") from None
+        raise damaged_file(path, exc) from None
 
 
 def write_predictions(path: str | os.PathLike, test: dict) -> None:
