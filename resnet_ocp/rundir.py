@@ -47,16 +47,17 @@ def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Iterato
     broadcast_object_list(chosen)
     run_dir = Path(chosen[0])
     lock, problem = None, None
+    taken = f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
     if accelerator.is_main_process:
         # The checks that need no lock come first, so that a refused command leaves nothing behind.
         if not resuming and (run_dir / "config.json").exists():
-            problem = f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
+            problem = taken
         elif resuming and (run_dir / "model.safetensors").exists():
             problem = f"{run_dir} has finished (model.safetensors exists); start a new run with another --output-dir"
         else:
             lock, problem = _lock(run_dir)
             if problem is None and not resuming and (run_dir / "config.json").exists():  # written since the check above
-                problem = f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --output-dir"
+                problem = taken
     verdict = [problem]
     broadcast_object_list(verdict)
     try:
