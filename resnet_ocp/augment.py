@@ -71,15 +71,16 @@ def epoch_params(n: int, seed: int, epoch: int, padding: int = 4, cutout: int = 
     return AugmentParams(dx, dy, flips, top, left)
 
 
-def random_crop(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int) -> torch.Tensor:
-    """Zero-pad by ``padding`` and crop back to the input size at per-sample offsets.
+def random_crop(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: int, mode: str = "zero") -> torch.Tensor:
+    """Pad by ``padding`` (zeros, as torchvision's RandomCrop, or ``mode="reflect"``, as Page's
+    and airbench's loaders) and crop back to the input size at per-sample offsets.
 
     ``out[b, :, i, j] == padded[b, :, i + dy[b], j + dx[b]]``.
     """
     if padding == 0:
         return x
     b, c, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect" if mode == "reflect" else "constant")
     rows = (dy[:, None] + torch.arange(h, device=x.device)).view(b, 1, h, 1).expand(b, c, h, w + 2 * padding)
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w, device=x.device)).view(b, 1, 1, w).expand(b, c, h, w)
@@ -109,7 +110,8 @@ def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.T
     return (x.float().div_(255) - mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 
-def augment_batch(x: torch.Tensor, p: AugmentParams, mean: torch.Tensor, std: torch.Tensor, padding: int, cutout_size: int) -> torch.Tensor:
+def augment_batch(x: torch.Tensor, p: AugmentParams, mean: torch.Tensor, std: torch.Tensor, padding: int, cutout_size: int,
+                  pad_mode: str = "zero") -> torch.Tensor:
     """Crop, flip, normalise, then cut out (filled with 0 = the dataset mean after normalising).
 
     Args:
@@ -119,6 +121,7 @@ def augment_batch(x: torch.Tensor, p: AugmentParams, mean: torch.Tensor, std: to
         std: per-channel std, fractions of 255.
         padding: crop padding.
         cutout_size: side of the cut square (0: none).
+        pad_mode: "zero" or "reflect" padding of the crop.
     """
-    x = random_flip(random_crop(x, p.dx, p.dy, padding), p.flip)
+    x = random_flip(random_crop(x, p.dx, p.dy, padding, pad_mode), p.flip)
     return cutout(normalize(x, mean, std), p.cut_top, p.cut_left, cutout_size)

@@ -30,6 +30,7 @@ from resnet_ocp.errors import RunError
 _NAME = re.compile(r"epoch_(\d{3,})(?:_step_(\d{5,}))?")
 POSITION_FILE = "position.json"
 EMA_FILE = "ema.safetensors"
+LOOKAHEAD_FILE = "lookahead.safetensors"
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Checkpoint | None:
 
 
 def save_checkpoint(accelerator, run_dir: str | os.PathLike, epoch: int, keep: int, step: int | None = None,
-                    position: dict | None = None, ema=None) -> Path:
+                    position: dict | None = None, averages: dict | None = None) -> Path:
     """Save the full training state and prune: all but the newest ``keep`` end-of-epoch
     checkpoints go, and every checkpoint taken inside an epoch once a later one is complete.
 
@@ -134,8 +135,10 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike, epoch: int, keep: i
         keep: how many end-of-epoch checkpoints to keep.
         step: optimizer steps done inside ``epoch`` (a preemption checkpoint), or None.
         position: the epoch's progress so far, saved as ``position.json`` (with ``step``).
-        ema: the run's weight EMA (``AveragedModel``), saved as ``ema.safetensors``: through
-            safetensors rather than Accelerate's custom-object pickle, so loading it runs no code.
+        averages: file name -> the run's weight averages (the EMA's ``AveragedModel`` as
+            ``EMA_FILE``, the ``Lookahead`` as ``LOOKAHEAD_FILE``), each saved from its
+            ``state_dict()`` through safetensors rather than Accelerate's custom-object pickle, so
+            loading it runs no code.
     """
     final = checkpoint_dir(run_dir, epoch, step)
     tmp = final.with_name(final.name + ".partial")
@@ -147,8 +150,8 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike, epoch: int, keep: i
     if accelerator.is_main_process:
         if position is not None:
             write_json(tmp / POSITION_FILE, position)
-        if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}, str(tmp / EMA_FILE))
+        for name, average in (averages or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in average.state_dict().items()}, str(tmp / name))
         files = {str(f.relative_to(tmp)): [f.stat().st_size, _sha256(f)] for f in sorted(tmp.rglob("*")) if f.is_file()}
         write_json(tmp / "complete", {"epoch": epoch, "step": step, "processes": accelerator.num_processes, "files": files})
         if final.exists():
@@ -163,7 +166,7 @@ def save_checkpoint(accelerator, run_dir: str | os.PathLike, epoch: int, keep: i
     return final
 
 
-def load_newest_good_checkpoint(accelerator, run_dir: Path, ema=None) -> Checkpoint | None:
+def load_newest_good_checkpoint(accelerator, run_dir: Path, averages: dict | None = None) -> Checkpoint | None:
     """Load the newest checkpoint whose files match its marker and load cleanly, saying why each
     newer one was passed over; None when the run has none. A checkpoint written by another
     number of processes is refused: its RNG files and in-epoch sums are per process.
@@ -171,7 +174,7 @@ def load_newest_good_checkpoint(accelerator, run_dir: Path, ema=None) -> Checkpo
     Args:
         accelerator: the run's Accelerator (the prepared objects get the state).
         run_dir: the run directory.
-        ema: the run's weight EMA, which gets the checkpoint's ``ema.safetensors``.
+        averages: file name -> weight average (as ``save_checkpoint``), each given its file.
     """
     candidates = complete_checkpoints(run_dir)
     for checkpoint in reversed(candidates):
@@ -183,8 +186,8 @@ def load_newest_good_checkpoint(accelerator, run_dir: Path, ema=None) -> Checkpo
         if problem is None:
             try:
                 accelerator.load_state(str(checkpoint.path))
-                if ema is not None:
-                    ema.load_state_dict(load_file(str(checkpoint.path / EMA_FILE)))
+                for name, average in (averages or {}).items():
+                    average.load_state_dict(load_file(str(checkpoint.path / name), device=str(accelerator.device)))
                 return checkpoint
             except Exception as exc:  # torch, safetensors and pickle each raise their own types
                 problem = f"{checkpoint.path} could not be loaded ({type(exc).__name__}: {str(exc).splitlines()[0][:150] if str(exc) else ''})"

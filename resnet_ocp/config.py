@@ -28,6 +28,8 @@ MIN_LR_FIND_ITERS = 20
 Optimizer = Literal["adam", "adamw", "sgd"]
 SweepMode = Literal["exp", "linear"]
 SuggestionRule = Literal["valley", "steepest", "min10"]
+Activation = Literal["relu", "celu"]
+PadMode = Literal["zero", "reflect"]
 
 # Page's SGD settings ("How to train your ResNet"): Nesterov SGD at peak LR 0.4, momentum 0.9 held
 # constant, weight decay 5e-4 and his 0.125 logit scale; both SGD presets use them with flip TTA.
@@ -80,12 +82,28 @@ class Config:
     weight_decay: float = field(default=0.0, metadata={"help": "Adam L2 weight decay"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
     crop_padding: int = field(default=4, metadata={"help": "zero padding before the random 32x32 crop"})
+    crop_pad_mode: PadMode = field(default="zero", metadata={"help": "padding of the random crop: zero (torchvision's RandomCrop) or "
+                                                                   "reflect (Page's and airbench's)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flip"})
     cutout: int = field(default=8, metadata={"help": "side of the Cutout square (0 disables it)"})
     tta: bool = field(default=False, metadata={"help": "flip test-time augmentation: average the logits of each test image and its mirror"})
+    tta_shift: int = field(default=0, metadata={"help": "with --tta, also average over the image shifted by this many pixels "
+                                                        "diagonally both ways (airbench: 1; 6 forward passes instead of 2)"})
     ema: float = field(default=0.0, metadata={"help": "decay of a per-step weight EMA used for evaluation and the final weights (0: off)"})
     bn_momentum: float = field(default=0.1, metadata={"help": "batch-norm running-statistics momentum (PyTorch convention)"})
     logit_scale: float = field(default=1.0, metadata={"help": "constant times the FC output (Page's ResNet: 0.125, which SGD's large LRs need)"})
+    activation: Activation = field(default="relu", metadata={"help": "activation after every batch norm: relu, or celu (Page's smoothed ReLU)"})
+    celu_alpha: float = field(default=0.075, metadata={"help": "CELU's alpha (Page: 0.075)"})
+    ghost_batch: int = field(default=0, metadata={"help": "batch norm normalises training batches in sub-batches of this many images "
+                                                          "(Page: 32; 0: the whole per-process batch)"})
+    whiten: bool = field(default=False, metadata={"help": "fixed 3x3 patch-whitening convolution (3 -> 27 channels, fitted on the training "
+                                                         "images) ahead of a 1x1 prep convolution; same 6,573,130 trainable parameters"})
+    bn_weight_freeze: bool = field(default=False, metadata={"help": "batch-norm weights stay at 1, untrained: 2,240 fewer trainable "
+                                                                   "parameters (6,570,890); the biases still train"})
+    bn_bias_lr_scale: float = field(default=1.0, metadata={"help": "batch-norm biases train at this times the LR and 1/this times the "
+                                                                  "weight decay (Page: 64)"})
+    lookahead: bool = field(default=False, metadata={"help": "airbench's Lookahead: every 5 steps the weights move to a slow average "
+                                                            "whose weight grows as (step/total)^3; the last step ends on it"})
     width: int = field(default=64, metadata={"help": "channels of the prep layer (64 = the 6,573,130-parameter network)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format (faster convolutions)"})
     eval_batch_size: int = field(default=1024, metadata={"help": "per-process batch size for evaluation"})
@@ -145,6 +163,16 @@ class Config:
             raise ConfigError(f"--logit-scale must be a positive number, got {self.logit_scale}")
         if not 0 < self.bn_momentum <= 1:
             raise ConfigError(f"--bn-momentum must be in (0, 1], got {self.bn_momentum}")
+        if self.ghost_batch < 0 or self.tta_shift < 0:
+            raise ConfigError("--ghost-batch and --tta-shift must be >= 0")
+        if self.tta_shift and not self.tta:
+            raise ConfigError(f"--tta-shift {self.tta_shift} needs --tta (the shifts are averaged with the flips)")
+        if self.tta_shift > 8:
+            raise ConfigError(f"--tta-shift must be at most 8 pixels (a quarter of the image side), got {self.tta_shift}")
+        if not (math.isfinite(self.bn_bias_lr_scale) and self.bn_bias_lr_scale > 0):
+            raise ConfigError(f"--bn-bias-lr-scale must be a positive number, got {self.bn_bias_lr_scale}")
+        if not (math.isfinite(self.celu_alpha) and self.celu_alpha > 0):
+            raise ConfigError(f"--celu-alpha must be a positive number, got {self.celu_alpha}")
         if self.lr_find_iters < MIN_LR_FIND_ITERS:
             raise ConfigError(f"--lr-find-iters must be at least {MIN_LR_FIND_ITERS} (the suggestion rules need that many points), "
                               f"got {self.lr_find_iters}")

@@ -18,7 +18,9 @@ from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 from resnet_ocp.augment import AugmentParams, augment_batch, epoch_params, normalize
+from resnet_ocp.checkpoint import EMA_FILE, LOOKAHEAD_FILE
 from resnet_ocp.config import Config
+from resnet_ocp.lookahead import Lookahead
 from resnet_ocp.preemption import StopRequest
 from resnet_ocp.schedule import momentum_of, samples_after
 
@@ -50,8 +52,12 @@ def _inputs(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
 
 
 def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   channels_last: bool = True, tta: bool = False) -> torch.Tensor:
+                   channels_last: bool = True, tta: bool = False, tta_shift: int = 0) -> torch.Tensor:
     """float32 logits of uint8 images; with ``tta`` the mean of the image's and its mirror's.
+
+    With ``tta_shift`` s > 0 as well (airbench's ``infer_mirror_translate``): half that mean,
+    half the mean of the same over the image shifted by s pixels up-left and down-right
+    (reflect-padded), six forward passes in all.
 
     Args:
         model: the network (in eval mode for evaluation).
@@ -59,11 +65,20 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: torch.Ten
         mean, std: per-channel normalisation, fractions of 255.
         channels_last: feed channels_last inputs.
         tta: flip test-time augmentation (two forward passes).
+        tta_shift: translation of the shifted views in pixels (0: none; needs ``tta``).
     """
     x = normalize(images, mean, std)
-    logits = model(_inputs(x, channels_last)).float()
-    if tta:
-        logits = (logits + model(_inputs(x.flip(-1), channels_last)).float()) / 2
+
+    def mirrored(view: torch.Tensor) -> torch.Tensor:
+        logits = model(_inputs(view, channels_last)).float()
+        return (logits + model(_inputs(view.flip(-1), channels_last)).float()) / 2 if tta else logits
+
+    logits = mirrored(x)
+    if tta and tta_shift:
+        s, (h, w) = tta_shift, x.shape[-2:]
+        padded = F.pad(x, (s,) * 4, mode="reflect")
+        shifted = (mirrored(padded[..., :h, :w]) + mirrored(padded[..., 2 * s:, 2 * s:])) / 2
+        logits = (logits + shifted) / 2
     return logits
 
 
@@ -79,7 +94,7 @@ def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentPara
         idx: sample indices of the micro-batch (on the device).
         cfg: the run configuration (crop padding, Cutout, label smoothing, memory format).
     """
-    x = augment_batch(data.images[idx], params[idx], data.mean, data.std, cfg.crop_padding, cfg.cutout)
+    x = augment_batch(data.images[idx], params[idx], data.mean, data.std, cfg.crop_padding, cfg.cutout, cfg.crop_pad_mode)
     logits = model(_inputs(x, cfg.channels_last))
     return F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing), logits
 
@@ -89,7 +104,8 @@ class TrainingParts:
     """The prepared objects of one run's training loop.
 
     ``scheduler`` is None until the LR range test (if any) is over: building OneCycleLR
-    overwrites the optimizer's LR and momentum. ``ema`` is an ``AveragedModel`` or None;
+    overwrites the optimizer's LR and momentum. ``ema`` is an ``AveragedModel`` or None,
+    ``lookahead`` a ``lookahead.Lookahead`` or None;
     ``stop`` a ``preemption.StopRequest`` checked after every optimizer step, or None.
     """
 
@@ -102,7 +118,13 @@ class TrainingParts:
     test_split: DeviceSplit
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
+    lookahead: Lookahead | None = None
     stop: StopRequest | None = None
+
+    @property
+    def averages(self) -> dict:
+        """The weight averages a checkpoint carries, by file name (see ``checkpoint.save_checkpoint``)."""
+        return {name: a for name, a in ((EMA_FILE, self.ema), (LOOKAHEAD_FILE, self.lookahead)) if a is not None}
 
     @property
     def evaluated_model(self) -> torch.nn.Module:
@@ -188,6 +210,8 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
             parts.scheduler.step()
             if parts.ema is not None:
                 parts.ema.update_parameters(accelerator.unwrap_model(model))
+            if parts.lookahead is not None:
+                parts.lookahead.step(accelerator.unwrap_model(model), step_offset + done + len(step_losses) + 1)
             step_losses.append(torch.stack(micro_losses).mean())
             micro_losses = []
             steps = done + len(step_losses)
@@ -266,13 +290,13 @@ def evaluate_parts(parts: TrainingParts, cfg: Config, metric) -> tuple[dict, flo
         if parts.ema is not None:
             recompute_bn_stats(parts.ema.module, parts.train_split, EMA_BN_IMAGES, cfg.eval_batch_size, cfg.channels_last)
         test = evaluate(parts.accelerator, parts.evaluated_model, parts.test_loader, parts.test_split, metric,
-                        channels_last=cfg.channels_last, tta=cfg.tta)
+                        channels_last=cfg.channels_last, tta=cfg.tta, tta_shift=cfg.tta_shift)
     return test, time.perf_counter() - start
 
 
 @torch.no_grad()
 def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, metric=None, *, channels_last: bool = True,
-             tta: bool = False) -> dict:
+             tta: bool = False, tta_shift: int = 0) -> dict:
     """Evaluate on a split, gathering every sample exactly once across processes.
 
     Args:
@@ -283,6 +307,7 @@ def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, met
         metric: an ``evaluate`` accuracy metric (default: the shipped one).
         channels_last: feed channels_last inputs.
         tta: flip test-time augmentation.
+        tta_shift: also the shifted views (``predict_logits``).
 
     Returns:
         ``loss`` (mean), ``accuracy`` (fraction, from ``evaluate``), ``correct``, ``total``,
@@ -293,7 +318,7 @@ def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, met
     parts: list[tuple[torch.Tensor, ...]] = []
     for idx in loader:
         y = data.labels[idx]
-        logits = predict_logits(model, data.images[idx], data.mean, data.std, channels_last, tta)
+        logits = predict_logits(model, data.images[idx], data.mean, data.std, channels_last, tta, tta_shift)
         losses = F.cross_entropy(logits, y, reduction="none")
         conf, pred = logits.softmax(1).max(1)
         # gather_for_metrics drops the samples Accelerate repeated to even out the last batch.

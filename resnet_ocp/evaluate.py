@@ -16,7 +16,7 @@ from resnet_ocp.atomic import read_json
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
 from resnet_ocp.engine import load_accuracy_metric, predict_logits
-from resnet_ocp.errors import DamagedFileError, OneLineParser, UserError, exit_with
+from resnet_ocp.errors import DamagedFileError, OneLineParser, UserError, exit_with, positive_int
 from resnet_ocp.model import CustomResNet, for_config
 from resnet_ocp.session import last_session
 
@@ -74,7 +74,7 @@ def run_precision(run_dir: str | Path) -> str:
 
 @torch.no_grad()
 def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: bool, batch_size: int | None = None,
-                precision: str = "no") -> torch.Tensor:
+                precision: str = "no", tta_shift: int | None = None) -> torch.Tensor:
     """float32 logits (on the CPU) of uint8 ``images`` in batches, on the model's device.
 
     Args:
@@ -85,17 +85,19 @@ def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: 
         batch_size: images per forward pass (default: the run's ``--eval-batch-size``, the same
             batches as the run's own evaluation, so that kernels and results match exactly).
         precision: ``no``, ``bf16`` or ``fp16`` autocast, as Accelerate names them.
+        tta_shift: pixels of the shifted TTA views (default: the run's ``--tta-shift``; only with ``tta``).
     """
+    shift = (cfg.tta_shift if tta_shift is None else tta_shift) if tta else 0
     device = next(model.parameters()).device
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        return torch.cat([predict_logits(model, b.to(device), mean, std, cfg.channels_last, tta).cpu()
+        return torch.cat([predict_logits(model, b.to(device), mean, std, cfg.channels_last, tta, shift).cpu()
                           for b in images.split(batch_size or cfg.eval_batch_size)])
 
 
 def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None = None, batch_size: int | None = None,
-                 precision: str | None = None) -> dict:
+                 precision: str | None = None, tta_shift: int | None = None) -> dict:
     """Accuracy and loss of a finished run's weights on its test split.
 
     Args:
@@ -104,6 +106,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
         tta: flip test-time augmentation (default: the run's ``--tta``).
         batch_size: evaluation batch (default: the run's).
         precision: autocast precision (default: the one the run was evaluated in, from run.json).
+        tta_shift: pixels of the shifted TTA views (default: the run's ``--tta-shift``).
 
     Returns:
         ``accuracy``, ``correct``, ``total``, ``loss`` and ``recorded`` (history's last test accuracy, if any).
@@ -111,19 +114,20 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
     run_dir = Path(run_dir)
     cfg = Config.from_dict(read_json(run_dir / "config.json"))
     tta = cfg.tta if tta is None else tta
+    shift = (cfg.tta_shift if tta_shift is None else tta_shift) if tta else 0
     cifar = load_cifar(data or cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     model = load_trained(run_dir, cfg, len(cifar.classes), "cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or run_precision(run_dir)
-    logits = test_logits(model, cifar.test.images, cfg, tta, batch_size, precision)
+    logits = test_logits(model, cifar.test.images, cfg, tta, batch_size, precision, shift)
     labels = cifar.test.labels
     preds = logits.argmax(1)
     accuracy = float(load_accuracy_metric().compute(predictions=preds.numpy(), references=labels.numpy())["accuracy"])
     history = read_json(run_dir / "history.json") if (run_dir / "history.json").exists() else []
     return {
         "accuracy": accuracy, "correct": int((preds == labels).sum()), "total": len(labels),
-        "loss": float(torch.nn.functional.cross_entropy(logits, labels)), "tta": tta, "precision": precision,
-        # A record made with the other TTA setting is not comparable.
-        "recorded": history[-1]["test_accuracy"] if history and tta == cfg.tta else None,
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)), "tta": tta, "tta_shift": shift, "precision": precision,
+        # A record made with other TTA settings is not comparable.
+        "recorded": history[-1]["test_accuracy"] if history and (tta, shift) == (cfg.tta, cfg.tta_shift) else None,
     }
 
 
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.evalua
     parser.add_argument("run_dir", help="a finished run directory (with model.safetensors)")
     parser.add_argument("--data", help="dataset source (default: the run's --data)")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="flip TTA (default: the run's setting)")
+    parser.add_argument("--tta-shift", type=positive_int, help="with TTA, also the views shifted by this many pixels (default: the run's)")
     parser.add_argument("--precision", choices=("no", "bf16", "fp16"), help="autocast precision (default: the run's, from run.json)")
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir)
@@ -145,15 +150,23 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.evalua
     if missing:
         exit_with(f"{run_dir} lacks {', '.join(missing)}; give a finished run directory written by train.py")
     try:
-        result = evaluate_run(run_dir, args.data, args.tta, precision=args.precision)
+        if args.tta_shift and not (args.tta or (args.tta is None and Config.from_dict(read_json(run_dir / "config.json")).tta)):
+            raise UserError(f"--tta-shift {args.tta_shift} needs flip TTA: add --tta")
+        result = evaluate_run(run_dir, args.data, args.tta, precision=args.precision, tta_shift=args.tta_shift)
     except UserError as exc:
         exit_with(exc)
     print(f"Test set: Average loss: {result['loss']:.4f}, Accuracy: {result['correct']}/{result['total']} "
-          f"({100 * result['accuracy']:.2f}%){' with flip TTA' if result['tta'] else ''}, precision {result['precision']}")
+          f"({100 * result['accuracy']:.2f}%){_tta_words(result)}, precision {result['precision']}")
     if result["recorded"] is not None:
         same = abs(result["recorded"] - result["accuracy"]) < 0.5 / result["total"]
         print(f"recorded in history.json: {100 * result['recorded']:.2f}% ({'matches' if same else 'DIFFERS'})")
     return result
+
+
+def _tta_words(result: dict) -> str:
+    if not result["tta"]:
+        return ""
+    return f" with flip + {result['tta_shift']}-pixel shift TTA" if result["tta_shift"] else " with flip TTA"
 
 
 if __name__ == "__main__":

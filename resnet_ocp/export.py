@@ -86,7 +86,7 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int) -> 
         f"`C1-(C2+Res)-C3-(C4+Res)-MaxPool-FC` ({parameters:,} parameters, width {cfg.width}) trained with the One-Cycle policy "
         "through Hugging Face Accelerate.", "",
         f"**Test accuracy {100 * accuracy:.2f}%** ({round(accuracy * images):,} of {images:,} test images of `{cfg.data}`), measured by "
-        f"the training run after its last epoch{' with flip TTA (mean of the logits of an image and its mirror)' if cfg.tta else ''}, "
+        f"the training run after its last epoch{_tta_words(cfg)}, "
         f"in {precision} on {where}: the run's summary.json.", "",
         "## Use", "", "```python", "from resnet_ocp.model import CustomResNet",
         'model = CustomResNet.from_pretrained("THIS_FOLDER_OR_HUB_ID")  # on the CPU, in eval mode', "```", "",
@@ -174,3 +174,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.export
 
 if __name__ == "__main__":
     main()
+
+
+def _tta_words(cfg) -> str:
+    if not cfg.tta:
+        return ""
+    shifted = f", and of both shifted {cfg.tta_shift} pixel(s) diagonally each way" if cfg.tta_shift else ""
+    return f" with TTA (mean of the logits of an image and its mirror{shifted})"

@@ -137,7 +137,7 @@ def range_test(parts: TrainingParts, cfg: Config, *, beta: float = 0.98, diverge
             frac = i / (num_iter - 1)
             lr = start_lr * (end_lr / start_lr) ** frac if cfg.lr_find_mode == "exp" else start_lr + (end_lr - start_lr) * frac
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             step_loss = torch.zeros((), device=accelerator.device)
             for _ in range(accelerator.gradient_accumulation_steps):
                 idx = next(batches, None)

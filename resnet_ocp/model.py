@@ -13,34 +13,94 @@ builds the network from them, on the CPU, in eval mode.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD
+from resnet_ocp.whitening import PatchWhitening
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-class ConvBlock(nn.Sequential):
-    """3x3 convolution, optional 2x2 max-pool, batch norm, ReLU (pool before BN, as in the spec)."""
+@dataclass(frozen=True)
+class BlockOptions:
+    """How every conv block is built (the training-only ones are left out of the saved config).
 
-    def __init__(self, c_in: int, c_out: int, pool: bool = False, bn_momentum: float = 0.1) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)]
+    Args:
+        bn_momentum: momentum of the batch norms' running statistics (training only).
+        activation: "relu", or "celu" (Page's smoothed ReLU, ``celu_alpha``).
+        celu_alpha: CELU's alpha; Page's 0.075 is close to a ReLU with a rounded corner.
+        ghost_batch: batch norms normalise training batches in sub-batches of this many images
+            (0: the whole batch; training only, evaluation uses the running statistics).
+        bn_weight_freeze: batch-norm weights stay at 1, untrained (biases still train): 2,240
+            fewer trainable parameters (training only).
+    """
+
+    bn_momentum: float = 0.1
+    activation: str = "relu"
+    celu_alpha: float = 0.075
+    ghost_batch: int = 0
+    bn_weight_freeze: bool = False
+
+    def batch_norm(self, channels: int) -> nn.BatchNorm2d:
+        bn = GhostBatchNorm2d(channels, self.ghost_batch, momentum=self.bn_momentum)
+        bn.weight.requires_grad_(not self.bn_weight_freeze)
+        return bn
+
+    def act(self) -> nn.Module:
+        return nn.CELU(self.celu_alpha, inplace=True) if self.activation == "celu" else nn.ReLU(inplace=True)
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """Batch norm whose training statistics come from sub-batches of ``ghost_batch`` images
+    (Hoffer et al. 2017; Page uses 32 of 512): more noise in the statistics, which regularises.
+
+    The running statistics are the mean over the sub-batches of their (unbiased) statistics, as
+    in Page's ``GhostBatchNorm``, so evaluation and the saved tensors are those of a plain
+    ``BatchNorm2d`` (same state-dict keys). With ``ghost_batch`` 0, or a batch no larger, it is one.
+    """
+
+    def __init__(self, num_features: int, ghost_batch: int = 0, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.ghost_batch = ghost_batch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, n = self.ghost_batch, x.shape[0]
+        if not self.training or g == 0 or n <= g:
+            return super().forward(x)
+        chunks = x.split(g)  # an epoch's last batch may leave a smaller sub-batch (50,000 = 97 x 512 + 336)
+        with torch.no_grad():
+            stats = [torch.var_mean(c.detach().float(), dim=(0, 2, 3)) for c in chunks]
+            self.num_batches_tracked += 1
+            # momentum None: a cumulative average, as BatchNorm2d (torch's update_bn sets it so).
+            weight = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+            self.running_mean.lerp_(torch.stack([m for _, m in stats]).mean(0), weight)
+            self.running_var.lerp_(torch.stack([v for v, _ in stats]).mean(0), weight)
+        return torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps) for c in chunks])
+
+
+class ConvBlock(nn.Sequential):
+    """Convolution (3x3 unless given), optional 2x2 max-pool, batch norm, activation (pool before BN, as in the spec)."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool = False, opts: BlockOptions = BlockOptions(), kernel_size: int = 3) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)]
         if pool:
             layers.append(nn.MaxPool2d(2))
-        layers += [nn.BatchNorm2d(c_out, momentum=bn_momentum), nn.ReLU(inplace=True)]
+        layers += [opts.batch_norm(c_out), opts.act()]
         super().__init__(*layers)
 
 
 class Residual(nn.Module):
-    """Identity shortcut around two conv-BN-ReLU blocks: ``x + body(x)``."""
+    """Identity shortcut around two conv-BN-activation blocks: ``x + body(x)``."""
 
-    def __init__(self, channels: int, bn_momentum: float = 0.1) -> None:
+    def __init__(self, channels: int, opts: BlockOptions = BlockOptions()) -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvBlock(channels, channels, bn_momentum=bn_momentum), ConvBlock(channels, channels, bn_momentum=bn_momentum))
+        self.body = nn.Sequential(ConvBlock(channels, channels, opts=opts), ConvBlock(channels, channels, opts=opts))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -69,28 +129,47 @@ class CustomResNet(nn.Module, PyTorchModelHubMixin, library_name="resnet-ocp", l
         tta: whether the model is meant to be used with flip test-time augmentation (the mean
             of the logits of an image and its mirror), as the run that trained it was tested;
             ``forward`` ignores it.
+        tta_shift: with ``tta``, also average over the image translated by this many pixels
+            (0: flip only); ``forward`` ignores it.
+        activation, celu_alpha: the activation after every batch norm ("relu" or "celu").
+        whiten: a fixed patch-whitening convolution (``whitening.PatchWhitening``, 3 -> 27
+            channels) ahead of a 1x1 prep convolution (27 -> ``width``), in place of the 3x3 prep
+            convolution; same trainable count. Its filters are a buffer: ``fit_whitening``.
+        ghost_batch, bn_weight_freeze: training-only batch-norm options (``BlockOptions``).
     """
 
     def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1, logit_scale: float = 1.0, *,
                  mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
-                 class_names: Sequence[str] | None = None, tta: bool = False) -> None:
+                 class_names: Sequence[str] | None = None, tta: bool = False, tta_shift: int = 0, activation: str = "relu",
+                 celu_alpha: float = 0.075, whiten: bool = False, ghost_batch: int = 0, bn_weight_freeze: bool = False) -> None:
         super().__init__()
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.logit_scale = logit_scale
         self.mean, self.std = tuple(mean), tuple(std)
         self.class_names = list(class_names) if class_names is not None else None
-        self.tta = tta
+        self.tta, self.tta_shift = tta, tta_shift
         # What save_pretrained writes as config.json and from_pretrained passes back to __init__.
         self._hub_mixin_config = {"num_classes": num_classes, "width": width, "logit_scale": logit_scale, "mean": list(self.mean),
-                                  "std": list(self.std), "class_names": self.class_names, "tta": tta}
-        w, m = width, bn_momentum
-        self.prep = ConvBlock(3, w, bn_momentum=m)
-        self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, bn_momentum=m), Residual(2 * w, m))
-        self.layer2 = ConvBlock(2 * w, 4 * w, pool=True, bn_momentum=m)
-        self.layer3 = nn.Sequential(ConvBlock(4 * w, 8 * w, pool=True, bn_momentum=m), Residual(8 * w, m))
+                                  "std": list(self.std), "class_names": self.class_names, "tta": tta, "tta_shift": tta_shift,
+                                  "activation": activation, "celu_alpha": celu_alpha, "whiten": whiten}
+        w, o = width, BlockOptions(bn_momentum, activation, celu_alpha, ghost_batch, bn_weight_freeze)
+        if whiten:
+            whitening = PatchWhitening(3)
+            self.prep = nn.Sequential(whitening, ConvBlock(whitening.out_channels, w, opts=o, kernel_size=1))
+        else:
+            self.prep = ConvBlock(3, w, opts=o)
+        self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, opts=o), Residual(2 * w, o))
+        self.layer2 = ConvBlock(2 * w, 4 * w, pool=True, opts=o)
+        self.layer3 = nn.Sequential(ConvBlock(4 * w, 8 * w, pool=True, opts=o), Residual(8 * w, o))
         self.pool = nn.MaxPool2d(4)
         self.fc = nn.Linear(8 * w, num_classes)
+
+    @property
+    def whitening(self) -> PatchWhitening | None:
+        """The fixed patch-whitening layer, if the network has one."""
+        first = self.prep[0]
+        return first if isinstance(first, PatchWhitening) else None
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last convolutional feature map (``layer3`` output, 4x4), used by Grad-CAM."""
@@ -140,12 +219,13 @@ def for_config(cfg, num_classes: int, class_names: Sequence[str] | None = None) 
     here, so a new architecture option cannot reach one and miss the other.
 
     Args:
-        cfg: a ``resnet_ocp.config.Config`` (width, bn_momentum, logit_scale, tta).
+        cfg: a ``resnet_ocp.config.Config`` (width, batch-norm, activation, whitening, logit scale, TTA).
         num_classes: size of the output layer.
         class_names: the output classes in order, if known.
     """
     return CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale,
-                        class_names=class_names, tta=cfg.tta)
+                        class_names=class_names, tta=cfg.tta, tta_shift=cfg.tta_shift, activation=cfg.activation,
+                        celu_alpha=cfg.celu_alpha, whiten=cfg.whiten, ghost_batch=cfg.ghost_batch, bn_weight_freeze=cfg.bn_weight_freeze)
 
 
 def count_parameters(model: nn.Module) -> int:

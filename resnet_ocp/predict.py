@@ -139,7 +139,7 @@ def predict_images(model: CustomResNet, images: torch.Tensor, tta: bool | None =
     dtype = _AUTOCAST.get(precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         # channels_last: the layout training used, and oneDNN's and cuDNN's fast path.
-        return torch.cat([predict_logits(model, batch.to(device), mean, std, True, tta).softmax(1).cpu()
+        return torch.cat([predict_logits(model, batch.to(device), mean, std, True, tta, model.tta_shift if tta else 0).softmax(1).cpu()
                           for batch in images.split(batch_size)])
 
 

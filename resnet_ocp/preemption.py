@@ -88,7 +88,7 @@ def stop_inside_epoch(parts, cfg, epoch: int, position, finished_rows: list[dict
         run_dir: the run directory.
     """
     accelerator = parts.accelerator
-    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints, step=position.steps, position=position.to_dict(), ema=parts.ema)
+    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints, step=position.steps, position=position.to_dict(), averages=parts.averages)
     waited = time.monotonic() - parts.stop.received_at if parts.stop.received_at is not None else None
     if accelerator.is_main_process:
         write_steps(run_dir / "steps.csv", finished_rows + position.rows)

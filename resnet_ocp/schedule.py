@@ -27,22 +27,45 @@ def samples_after(step_in_epoch: int, epoch: int, n_train: int, batch_size: int)
     return (epoch - 1) * n_train + min(step_in_epoch * batch_size, n_train)
 
 
+def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:
+    """The trainable parameters in optimizer groups, each with its ``lr_scale`` (times the
+    schedule's LR). With ``--bn-bias-lr-scale`` k != 1 the batch-norm biases form a second group
+    at k x the LR and 1/k x the weight decay (Page's "Bag of tricks": k = 64, which lets the
+    biases keep pace when the normalised layers' effective LR is large); otherwise one group.
+
+    Args:
+        model: the network (unwrapped).
+        cfg: run configuration (weight decay, bias LR scale).
+    """
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if cfg.bn_bias_lr_scale == 1:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    biases = {id(m.bias) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) and m.bias is not None}
+    k = cfg.bn_bias_lr_scale
+    return [{"params": [p for p in trainable if id(p) not in biases], "lr_scale": 1.0},
+            {"params": [p for p in trainable if id(p) in biases], "lr_scale": k, "weight_decay": cfg.weight_decay / k}]
+
+
 def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None) -> torch.optim.Optimizer:
     """The run's optimizer with its momentum (Adam's beta1 or SGD's momentum) at the top of its cycle.
 
     ``adam`` (the reference) adds weight decay to the gradient (L2); ``adamw`` decouples it
     (Loshchilov & Hutter); ``sgd`` is Nesterov SGD as in Page's "How to train your ResNet".
+    Frozen parameters are left out; groups as ``param_groups``.
 
     Args:
         model: the network.
-        cfg: run configuration (optimizer, weight decay, momentum range).
+        cfg: run configuration (optimizer, weight decay, momentum range, bias LR scale).
         lr: initial LR (the One-Cycle scheduler overwrites it when built).
     """
     lr = lr or cfg.lr_find_start
+    groups = param_groups(model, cfg)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum_max, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum_max, nesterov=True, weight_decay=cfg.weight_decay)
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return kind(model.parameters(), lr=lr, betas=(cfg.momentum_max, 0.999), weight_decay=cfg.weight_decay)
+    return kind(groups, lr=lr, betas=(cfg.momentum_max, 0.999), weight_decay=cfg.weight_decay)
 
 
 def momentum_of(group: dict) -> float:
@@ -56,14 +79,14 @@ def build_one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float
     Build it after any LR range test: construction overwrites the optimizer's LR and momentum.
 
     Args:
-        optimizer: the (unwrapped or prepared) Adam.
+        optimizer: the run's (unwrapped) optimizer.
         cfg: run configuration.
-        max_lr: the peak LR.
+        max_lr: the peak LR (each group's is this times its ``lr_scale``).
         n_train: training samples per epoch.
     """
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=max_lr,
+        max_lr=[max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups],
         total_steps=cfg.epochs * steps_per_epoch(n_train, cfg.batch_size),
         pct_start=cfg.pct_start,
         anneal_strategy="linear",

@@ -13,17 +13,20 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from resnet_ocp.atomic import read_json, write_json
+from resnet_ocp.augment import normalize
 from resnet_ocp.checkpoint import load_newest_good_checkpoint, save_checkpoint
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_loaders
 from resnet_ocp.engine import DeviceSplit, EpochPosition, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
 from resnet_ocp.errors import RunError
+from resnet_ocp.lookahead import Lookahead
 from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
 from resnet_ocp.model import count_parameters, for_config, summary, weights_metadata
 from resnet_ocp.preemption import PREEMPTED_FILE, StopRequest, stop_diverged, stop_inside_epoch
 from resnet_ocp.rundir import open_run_dir, read_steps, write_predictions, write_steps
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
 from resnet_ocp.session import make_accelerator, record_session
+from resnet_ocp.whitening import FIT_IMAGES
 
 
 @dataclass
@@ -122,6 +125,8 @@ def build_parts(accelerator: Accelerator, cfg: Config, data: Cifar) -> TrainingP
     device = accelerator.device
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
     train_split = DeviceSplit(data.train.images.to(device), data.train.labels.to(device), mean, std)
+    if model.whitening is not None:
+        model.whitening.fit(normalize(train_split.images[:FIT_IMAGES], mean, std))
     test_split = DeviceSplit(data.test.images.to(device), data.test.labels.to(device), mean, std)
     per_process = cfg.batch_size // (accelerator.num_processes * cfg.grad_accum)
     train_loader, test_loader = make_loaders(len(data.train), len(data.test), per_process, cfg.eval_batch_size, cfg.seed)
@@ -175,10 +180,10 @@ def save_config(accelerator: Accelerator, cfg: Config, run_dir: Path) -> None:
 
 
 def attach_schedule(parts: TrainingParts, cfg: Config, run_dir: Path) -> None:
-    """Give the parts their OneCycleLR, the TensorBoard tracker and, with ``--ema``, the weight EMA.
+    """Give the parts their OneCycleLR, the TensorBoard tracker and the weight averages (``--ema``, ``--lookahead``).
 
     Args:
-        parts: the prepared training objects; ``scheduler`` and ``ema`` are set here.
+        parts: the prepared training objects; ``scheduler``, ``ema`` and ``lookahead`` are set here.
         cfg: the resolved configuration (``max_lr`` set).
         run_dir: the run directory (TensorBoard logs go to ``run_dir/tensorboard``).
     """
@@ -195,6 +200,8 @@ def attach_schedule(parts: TrainingParts, cfg: Config, run_dir: Path) -> None:
         # BN statistics are not averaged (averaged ones scored 32% where the live model scored 70%):
         # they are recomputed for the averaged weights before each evaluation, see recompute_bn_stats.
         parts.ema = AveragedModel(accelerator.unwrap_model(parts.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+    if cfg.lookahead:
+        parts.lookahead = Lookahead(accelerator.unwrap_model(parts.model), cfg.epochs * steps_per_epoch(n_train, cfg.batch_size))
 
 
 def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:
@@ -213,7 +220,7 @@ def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:
         return Progress()
     if accelerator.is_main_process:
         (run_dir / PREEMPTED_FILE).unlink(missing_ok=True)
-    found = load_newest_good_checkpoint(accelerator, run_dir, parts.ema)
+    found = load_newest_good_checkpoint(accelerator, run_dir, parts.averages)
     if found is None:
         # Interrupted inside epoch 1: nothing to restore, the saved config (with its peak LR) starts afresh.
         accelerator.print(f"resuming {run_dir}: no checkpoint yet, starting from epoch 1 with the saved config")
@@ -265,7 +272,7 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
     if accelerator.is_main_process:
         write_steps(run_dir / "steps.csv", progress.rows)
         write_json(run_dir / "history.json", progress.history)
-    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints, ema=parts.ema)
+    save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints, averages=parts.averages)
     return test
 
 
