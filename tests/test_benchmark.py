@@ -26,7 +26,7 @@ def test_quick_benchmark_writes_a_complete_positive_record(tiny_data, cache_dir,
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(results.read_text().splitlines()[-1])
-    assert record["steps"] == 3 and record["batch_size"] == 20 and "--quick" in record["command"]
+    assert record["steps"] == 2 and record["repeats"] == 2 and record["batch_size"] == 20 and "--quick" in record["command"]
     assert record["versions"]["torch"] and record["machine"]
     assert all(record[c] > 0 for c in COLUMNS), {c: record[c] for c in COLUMNS}
     assert record["train_gflop_per_image"] == pytest.approx(analytic_train_gflop(8), rel=1e-12)
@@ -34,6 +34,90 @@ def test_quick_benchmark_writes_a_complete_positive_record(tiny_data, cache_dir,
     assert sorted(printed) == ["(a)", "(b)", "(c)", "(d)", "(e)"]
     assert f"{record['bare_step_img_s']:10.1f} img/s" in printed["(a)"] and f"{record['our_step_img_s']:10.1f} img/s" in printed["(b)"]
     assert f"{record['train_gflop_per_image']:.3f} GFLOP per training image" in printed["(e)"]
+
+
+def test_interleaved_runs_are_recorded_with_their_medians_order_and_profile(tiny_data, cache_dir, tmp_path):
+    """--steps 1 --repeats 2 --profile 1 on the tiny set: every interleaved measurement keeps two
+    runs, its figure is their median, the runs went a, b, c, a, b, c, the profile's category
+    shares sum to 1, and the record names the CPU, threads, precision and exact command."""
+    import statistics
+
+    results = tmp_path / "results.jsonl"
+    args = ["--data", str(tiny_data), "--width", "8", "--batch-size", "20", "--steps", "1", "--repeats", "2", "--warmup", "1",
+            "--profile", "1", "--workers", "0", "--cache-dir", str(cache_dir), "--results", str(results)]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "throughput.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["order"] == ["a", "b", "c", "a", "b", "c"]
+    for name in ("bare_step", "our_step", "textbook_step"):
+        runs = record["runs_img_s"][name]
+        assert len(runs) == 2 and all(r > 0 for r in runs), name
+        assert record[f"{name}_img_s"] == statistics.median(runs), name
+    assert record["ceiling_beaten"] == (statistics.median(record["runs_img_s"]["our_step"]) > max(record["runs_img_s"]["bare_step"]))
+    assert ("WARNING: the ceiling is beaten" in proc.stdout) == record["ceiling_beaten"]
+    shares = record["profile"]["shares"]
+    assert sorted(shares) == sorted(("conv_matmul", "batch_norm", "elementwise_pool", "optimizer", "other"))
+    assert sum(shares.values()) == pytest.approx(1.0, abs=1e-9) and all(v >= 0 for v in shares.values())
+    assert shares["conv_matmul"] > 0 and shares["optimizer"] > 0
+    assert record["cpu_name"] and record["cpu_capability"] and record["threads"] >= 1 and record["precision"] == "float32"
+    assert record["command"] == " ".join(["throughput.py", *args])
+    assert "profile of (a)" in proc.stdout
+
+
+def test_interleave_warms_every_measurement_alike_then_alternates():
+    """Each measurement gets the same warm-up steps once, then the runs alternate a, b, c per
+    round, each run timing ``steps`` steps; the rates come back per label in run order."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import interleave
+
+    log = []
+
+    class Fake:
+        def __init__(self, label):
+            self.label, self.n = label, 0
+
+        def warm_up(self, steps):
+            log.append(("warm", self.label, steps))
+
+        def run(self, steps):
+            self.n += 1
+            log.append(("run", self.label, steps))
+            return {"a": 10.0, "b": 20.0, "c": 30.0}[self.label] + self.n
+
+    rates, order = interleave([Fake("a"), Fake("b"), Fake("c")], steps=4, warmup=3, repeats=3)
+    assert log[:3] == [("warm", "a", 3), ("warm", "b", 3), ("warm", "c", 3)]
+    assert [e[1] for e in log[3:]] == order == list("abcabcabc") and {e[2] for e in log[3:]} == {4}
+    assert rates == {"a": [11.0, 12.0, 13.0], "b": [21.0, 22.0, 23.0], "c": [31.0, 32.0, 33.0]}
+
+
+def test_ceiling_warning_only_beyond_the_spread_of_the_bare_step():
+    """(b)'s median above (a)'s median but within (a)'s range is noise: no warning; above (a)'s
+    fastest run it is a warning that names both figures."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import ceiling_warning
+
+    assert ceiling_warning([18.3, 27.5], [22.5, 27.8]) is None  # --quick on the loaded AVX2 EPYC: 25.2 within 18.3-27.5
+    assert ceiling_warning([40.0, 42.0, 41.0], [42.0, 42.0, 50.0]) is None  # equal to the fastest is not beyond
+    line = ceiling_warning([40.0, 42.0, 41.0], [43.0, 44.0, 39.0])
+    assert line.startswith("WARNING: the ceiling is beaten") and "43.0" in line and "42.0" in line
+
+
+def test_profile_categories_of_the_step_operators():
+    """The operators of the step fall into the profile's categories by name; anything inside
+    the optimizer region counts as optimizer."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import categorize
+
+    assert categorize("aten::mkldnn_convolution", False) == "conv_matmul"
+    assert categorize("aten::convolution_backward", False) == "conv_matmul"
+    assert categorize("aten::addmm", False) == "conv_matmul"
+    assert categorize("aten::native_batch_norm_backward", False) == "batch_norm"
+    assert categorize("aten::threshold_backward", False) == "elementwise_pool"
+    assert categorize("aten::max_pool2d_with_indices", False) == "elementwise_pool"
+    assert categorize("aten::_foreach_mul_", True) == "optimizer"
+    assert categorize("aten::empty", False) == "other"
+    assert categorize("autograd::engine::evaluate_function: ConvolutionBackward0", False) == "other"
 
 
 def analytic_train_gflop(width: int) -> float:
