@@ -13,7 +13,7 @@
 (a), (b) and (c) get the same ``--warmup`` untimed steps, then run interleaved, a, b, c, a, b,
 c, ... for ``--repeats`` rounds: each is reported as the median and range of its runs, so a
 drift of the machine lands on all three alike. A single (a)-then-(b) measurement is not a
-ceiling: on 2 shared AVX2 cores one step of batch 512 varied by +-17% from step to step while
+ceiling: on 2 shared AVX2 cores one step of batch 512 varied by +-18% from step to step (17.8-25.5 s) while
 another process ran, more than any difference between (a) and (b) (docs/performance.md). When
 the median of (b) still beats the fastest (a), a WARNING line says so. ``--profile`` adds the
 share of the bare step's time by operator category (torch.profiler).
