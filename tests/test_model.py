@@ -103,7 +103,7 @@ def test_save_pretrained_and_from_pretrained_give_the_same_network(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config == {"num_classes": 10, "width": 8, "logit_scale": 0.125, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3],
-                      "class_names": names, "tta": True}
+                      "class_names": names, "tta": True, "tta_shift": 0, "activation": "relu", "celu_alpha": 0.075, "whiten": False}
     loaded = Net.from_pretrained(tmp_path)
     assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
     assert (loaded.class_names, loaded.tta, loaded.mean, loaded.std, loaded.logit_scale) == (names, True, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 0.125)
