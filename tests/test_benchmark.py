@@ -1,4 +1,4 @@
-"""The benchmarks: throughput.py --quick records every figure; ablations.py fills its table."""
+"""The benchmarks: throughput.py (with step_timing.py) records every figure; ablations.py fills its table."""
 
 import argparse
 import json
@@ -69,7 +69,7 @@ def test_interleave_warms_every_measurement_alike_then_alternates():
     """Each measurement gets the same warm-up steps once, then the runs alternate a, b, c per
     round, each run timing ``steps`` steps; the rates come back per label in run order."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import interleave
+    from step_timing import interleave
 
     log = []
 
@@ -95,7 +95,7 @@ def test_ceiling_warning_only_beyond_the_spread_of_the_bare_step():
     """(b)'s median above (a)'s median but within (a)'s range is noise: no warning; above (a)'s
     fastest run it is a warning that names both figures."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import ceiling_warning
+    from step_timing import ceiling_warning
 
     assert ceiling_warning([18.3, 27.5], [22.5, 27.8]) is None  # --quick on the loaded AVX2 EPYC: 25.2 within 18.3-27.5
     assert ceiling_warning([40.0, 42.0, 41.0], [42.0, 42.0, 50.0]) is None  # equal to the fastest is not beyond
@@ -107,7 +107,7 @@ def test_profile_categories_of_the_step_operators():
     """The operators of the step fall into the profile's categories by name; anything inside
     the optimizer region counts as optimizer."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from throughput import categorize
+    from step_timing import categorize
 
     assert categorize("aten::mkldnn_convolution", False) == "conv_matmul"
     assert categorize("aten::convolution_backward", False) == "conv_matmul"
