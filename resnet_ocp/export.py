@@ -48,7 +48,7 @@ def training_command(cfg: Config, session: dict | None) -> str:
     return " ".join([launcher, "train.py", *options])
 
 
-def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int) -> str:
+def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int, trained: int | None = None) -> str:
     """The README.md of an exported run: Hub metadata (YAML) and what the model is, how well it
     does and how it was trained, all read from the run's files.
 
@@ -56,7 +56,8 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int) -> 
         run_dir: the finished run.
         cfg: its config.
         model_name: the model's name in the card and its model-index.
-        parameters: the network's trainable parameters.
+        parameters: the network's parameters.
+        trained: how many of them the run trained, where fewer (``--bn-weight-freeze``).
     """
     from huggingface_hub import EvalResult, ModelCardData
 
@@ -83,8 +84,8 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int) -> 
     lines = [
         f"---\n{data.to_yaml()}\n---", "", f"# {model_name}", "",
         "A CIFAR-10 classifier trained with the open-source project resnet_ocp (Python package `resnet-ocp`): the ResNet "
-        f"`C1-(C2+Res)-C3-(C4+Res)-MaxPool-FC` ({parameters:,} parameters, width {cfg.width}) trained with the One-Cycle policy "
-        "through Hugging Face Accelerate.", "",
+        f"`C1-(C2+Res)-C3-(C4+Res)-MaxPool-FC` ({parameters:,} parameters, width {cfg.width}{_trained_words(parameters, trained)}) "
+        "trained with the One-Cycle policy through Hugging Face Accelerate.", "",
         f"**Test accuracy {100 * accuracy:.2f}%** ({round(accuracy * images):,} of {images:,} test images of `{cfg.data}`), measured by "
         f"the training run after its last epoch{_tta_words(cfg)}, "
         f"in {precision} on {where}: the run's summary.json.", "",
@@ -141,7 +142,8 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir) as tmp:
         model.save_pretrained(tmp)
-        write_text(Path(tmp) / "README.md", model_card(run_dir, cfg, f"resnet-ocp-cifar10-{run_dir.resolve().name}", count_parameters(model)))
+        name = f"resnet-ocp-cifar10-{run_dir.resolve().name}"
+        write_text(Path(tmp) / "README.md", model_card(run_dir, cfg, name, sum(p.numel() for p in model.parameters()), count_parameters(model)))
         for name in PICTURES:
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, Path(tmp) / name)
@@ -181,3 +183,9 @@ def _tta_words(cfg) -> str:
         return ""
     shifted = f", and of both shifted {cfg.tta_shift} pixel(s) diagonally each way" if cfg.tta_shift else ""
     return f" with TTA (mean of the logits of an image and its mirror{shifted})"
+
+
+def _trained_words(parameters: int, trained: int | None) -> str:
+    if trained is None or trained == parameters:
+        return ""
+    return f"; {trained:,} of them trained, the batch-norm weights frozen at 1"

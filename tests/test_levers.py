@@ -191,8 +191,11 @@ def test_lever_options_are_checked_before_any_data_loads():
 def test_a_run_with_every_lever_trains_checkpoints_and_resumes_exactly(tiny_data, cache_dir, tmp_path):
     """A tiny run with all the levers on learns (loss falls), saves the whitening filters and the
     Lookahead's slow copy in its checkpoints, and a run stopped after epoch 1 and resumed ends
-    with the same weights and history as the uninterrupted one."""
+    with the same weights and history as the uninterrupted one; its export says how many of
+    the parameters were trained and predicts with the shifted TTA views."""
     from safetensors.torch import load_file
+
+    from resnet_ocp.export import export_run
 
     levers = ["--optimizer", "sgd", "--max-lr", "0.2", "--logit-scale", "0.125", "--whiten", "--ghost-batch", "10",
               "--activation", "celu", "--celu-alpha", "0.3", "--bn-weight-freeze", "--bn-bias-lr-scale", "8", "--lookahead",
@@ -210,3 +213,9 @@ def test_a_run_with_every_lever_trains_checkpoints_and_resumes_exactly(tiny_data
     history = json.loads((tmp_path / "split" / "history.json").read_text())
     assert [h["test_accuracy"] for h in history] == [h["test_accuracy"] for h in whole["history"]]
     assert resumed["final_accuracy"] == whole["final_accuracy"]
+    exported = export_run(tmp_path / "whole", tmp_path / "export")
+    card = (exported / "README.md").read_text()
+    assert "(103,954 parameters, width 8; 103,674 of them trained, the batch-norm weights frozen at 1)" in card
+    assert "shifted 1 pixel(s) diagonally each way" in card and "--whiten" in card
+    loaded = CustomResNet.from_pretrained(exported)
+    assert (loaded.tta_shift, loaded.whitening is not None, type(loaded.layer2[-1]).__name__) == (1, True, "CELU")
