@@ -219,3 +219,33 @@ def test_a_run_with_every_lever_trains_checkpoints_and_resumes_exactly(tiny_data
     assert "shifted 1 pixel(s) diagonally each way" in card and "--whiten" in card
     loaded = CustomResNet.from_pretrained(exported)
     assert (loaded.tta_shift, loaded.whitening is not None, type(loaded.layer2[-1]).__name__) == (1, True, "CELU")
+
+
+def test_each_lever_ablation_is_the_fast_preset_plus_that_lever_only():
+    """benchmarks/ablations.py's fast+ variants, on the 8-epoch proxy, give --preset fast's config
+    with only their lever's fields changed, and are measured against the variant fast."""
+    import argparse
+    import dataclasses
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ablations import BASELINE_OF, EVALUATED, VARIANTS, proxy_flags
+
+    from resnet_ocp.cli import build_parser, resolve_config
+
+    proxy = argparse.Namespace(data="d", epochs=8, max_lr=0.00266, train_samples=None, extra="")
+    fast = Config.from_preset("fast", data="d", progress=False)
+    expected = {
+        "fast": set(), "fast+whiten": {"whiten"}, "fast+ghost_bn": {"ghost_batch"}, "fast+celu": {"activation"},
+        "fast+bn_bias_lr64": {"bn_bias_lr_scale"}, "fast+bn_frozen_bias_lr64": {"bn_weight_freeze", "bn_bias_lr_scale"},
+        "fast+ema": {"ema"}, "fast+lookahead": {"lookahead"}, "fast+reflect_pad": {"crop_pad_mode"},
+        "fast+batch1024": {"batch_size", "max_lr"},
+    }
+    for name, fields in expected.items():
+        config = resolve_config(vars(build_parser().parse_args([*proxy_flags(proxy), *VARIANTS[name]])))
+        changed = {f.name for f in dataclasses.fields(Config) if getattr(config, f.name) != getattr(fast, f.name)}
+        assert changed == fields, name
+        assert name == "fast" or BASELINE_OF[name] == "fast"
+    assert EVALUATED["fast+tta_shift"] == ("fast", {"tta": True, "tta_shift": 1})
