@@ -72,6 +72,17 @@ def run_precision(run_dir: str | Path) -> str:
     return session["mixed_precision"] if session else "no"
 
 
+def resolve_tta_shift(cfg: Config, tta: bool, tta_shift: int | None) -> int:
+    """The shifted-view pixels an evaluation uses: ``tta_shift`` if given, else the run's, and 0 without TTA.
+
+    Args:
+        cfg: the run's config.
+        tta: whether flip TTA is on.
+        tta_shift: the caller's choice, or None for the run's.
+    """
+    return (cfg.tta_shift if tta_shift is None else tta_shift) if tta else 0
+
+
 @torch.no_grad()
 def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: bool, batch_size: int | None = None,
                 precision: str = "no", tta_shift: int | None = None) -> torch.Tensor:
@@ -87,7 +98,7 @@ def test_logits(model: torch.nn.Module, images: torch.Tensor, cfg: Config, tta: 
         precision: ``no``, ``bf16`` or ``fp16`` autocast, as Accelerate names them.
         tta_shift: pixels of the shifted TTA views (default: the run's ``--tta-shift``; only with ``tta``).
     """
-    shift = (cfg.tta_shift if tta_shift is None else tta_shift) if tta else 0
+    shift = resolve_tta_shift(cfg, tta, tta_shift)
     device = next(model.parameters()).device
     mean, std = torch.tensor(CIFAR10_MEAN, device=device), torch.tensor(CIFAR10_STD, device=device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -114,7 +125,7 @@ def evaluate_run(run_dir: str | Path, data: str | None = None, tta: bool | None 
     run_dir = Path(run_dir)
     cfg = Config.from_dict(read_json(run_dir / "config.json"))
     tta = cfg.tta if tta is None else tta
-    shift = (cfg.tta_shift if tta_shift is None else tta_shift) if tta else 0
+    shift = resolve_tta_shift(cfg, tta, tta_shift)
     cifar = load_cifar(data or cfg.data, cfg.cache_dir, cfg.train_samples, cfg.test_samples)
     model = load_trained(run_dir, cfg, len(cifar.classes), "cuda" if torch.cuda.is_available() else "cpu")
     precision = precision or run_precision(run_dir)
