@@ -34,6 +34,7 @@ COMMANDS = {
     "predict": ("resnet_ocp.predict", "top-k classes of image files, from a run directory, an exported folder or a Hub id"),
     "report": ("resnet_ocp.report", "redraw a finished run's pictures without retraining"),
     "export": ("resnet_ocp.export", "write a finished run as a from_pretrained folder with a model card"),
+    "records": ("resnet_ocp.records", "the README's records table from results/: median and range over each recipe's seeds"),
 }
 EXAMPLES = """examples:
   resnet-ocp train --data ../shared/data/cifar10 --preset sgd24

@@ -1,4 +1,4 @@
-"""The one console command: `resnet-ocp train | lr-find | evaluate | predict | report | export`,
+"""The one console command: `resnet-ocp train | lr-find | evaluate | predict | report | export | records`,
 each with --help and one-line errors, and `main(argv)` without a command still meaning train."""
 
 import json
@@ -9,11 +9,11 @@ import pytest
 from conftest import launch, tiny_args
 from resnet_ocp.cli import COMMANDS, main
 
-NAMES = ["train", "launch", "lr-find", "evaluate", "predict", "report", "export"]
+NAMES = ["train", "launch", "lr-find", "evaluate", "predict", "report", "export", "records"]
 
 
 def test_overview_lists_every_command(capsys):
-    """`resnet-ocp --help` exits 0 and names each of the seven commands with its one-line summary."""
+    """`resnet-ocp --help` exits 0 and names each of the eight commands with its one-line summary."""
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     out = capsys.readouterr().out
@@ -42,6 +42,7 @@ def test_every_command_has_help(name, capsys):
     (["predict", "m", "x.png", "--top-k", "0"], "argument --top-k: must be >= 1, got 0"),
     (["predict", "/no/such/model", "x.png"], "MODEL /no/such/model is no directory here"),
     (["export", "/no/such/run", "out"], "/no/such/run lacks config.json, history.json, model.safetensors"),
+    (["records", "/no/such/results"], "/no/such/results is not a folder; give the folder that holds the record directories"),
 ])
 def test_bad_input_to_any_command_is_one_error_line(argv, fragment, capsys):
     """Bad input to any command ends with exit status 2 and a single `error:` line naming the
