@@ -87,7 +87,8 @@ class OurStep:
 
     def __init__(self, accelerator, cfg, data, steps: int, warmup: int, rounds: int):
         from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
-        from resnet_ocp.engine import DeviceSplit, TrainingParts
+        from resnet_ocp.engine import TrainingParts
+        from resnet_ocp.inference import DeviceSplit
         from resnet_ocp.model import CustomResNet
         from resnet_ocp.schedule import build_one_cycle, build_optimizer
 

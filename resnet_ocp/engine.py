@@ -1,4 +1,4 @@
-"""One training epoch and one evaluation pass: functions over the prepared parts, returning dicts.
+"""One training epoch and the run's test pass over the prepared parts, returning dicts.
 
 The hot loop never synchronises host and device except to refresh the progress bar every
 ``log_every`` steps: losses and correct counts accumulate on the device and are read once
@@ -9,77 +9,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
-from resnet_ocp.augment import AugmentParams, augment_batch, epoch_params, normalize
+from resnet_ocp.augment import AugmentParams, augment_batch, epoch_params
 from resnet_ocp.checkpoint import EMA_FILE, LOOKAHEAD_FILE
 from resnet_ocp.config import Config
+from resnet_ocp.inference import DeviceSplit, evaluate, model_inputs, recompute_bn_stats
 from resnet_ocp.lookahead import Lookahead
 from resnet_ocp.preemption import StopRequest
 from resnet_ocp.schedule import momentum_of, samples_after
 
-METRIC_DIR = Path(__file__).parent / "metrics" / "accuracy"
 # Training images whose statistics the EMA model's batch norms get before each evaluation: 512 to
 # 4,096 all gave 71.3-71.7% at epoch 2 of the proxy (recompute_bn_stats); 1,024 forward passes are 0.7% of an epoch's FLOPs.
 EMA_BN_IMAGES = 1024
-
-
-@dataclass(frozen=True)
-class DeviceSplit:
-    """A split resident on the training device: uint8 images, int64 labels, and the normalisation."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-
-
-def load_accuracy_metric():
-    """The ``evaluate`` accuracy metric, loaded from the module shipped in this package (works offline)."""
-    import evaluate
-
-    return evaluate.load(str(METRIC_DIR))
-
-
-def _inputs(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
-                   channels_last: bool = True, tta: bool = False, tta_shift: int = 0) -> torch.Tensor:
-    """float32 logits of uint8 images; with ``tta`` the mean of the image's and its mirror's.
-
-    With ``tta_shift`` s > 0 as well (airbench's ``infer_mirror_translate``): half that mean,
-    half the mean of the same over the image shifted by s pixels up-left and down-right
-    (reflect-padded), six forward passes in all.
-
-    Args:
-        model: the network (in eval mode for evaluation).
-        images: uint8 [B, 3, H, W] on the model's device.
-        mean, std: per-channel normalisation, fractions of 255.
-        channels_last: feed channels_last inputs.
-        tta: flip test-time augmentation (two forward passes).
-        tta_shift: translation of the shifted views in pixels (0: none; needs ``tta``).
-    """
-    x = normalize(images, mean, std)
-
-    def mirrored(view: torch.Tensor) -> torch.Tensor:
-        logits = model(_inputs(view, channels_last)).float()
-        return (logits + model(_inputs(view.flip(-1), channels_last)).float()) / 2 if tta else logits
-
-    logits = mirrored(x)
-    if tta and tta_shift:
-        s, (h, w) = tta_shift, x.shape[-2:]
-        padded = F.pad(x, (s,) * 4, mode="reflect")
-        shifted = (mirrored(padded[..., :h, :w]) + mirrored(padded[..., 2 * s:, 2 * s:])) / 2
-        logits = (logits + shifted) / 2
-    return logits
 
 
 def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentParams, idx: torch.Tensor,
@@ -95,7 +41,7 @@ def training_loss(model: torch.nn.Module, data: DeviceSplit, params: AugmentPara
         cfg: the run configuration (crop padding, Cutout, label smoothing, memory format).
     """
     x = augment_batch(data.images[idx], params[idx], data.mean, data.std, cfg.crop_padding, cfg.cutout, cfg.crop_pad_mode)
-    logits = model(_inputs(x, cfg.channels_last))
+    logits = model(model_inputs(x, cfg.channels_last))
     return F.cross_entropy(logits.float(), data.labels[idx], label_smoothing=cfg.label_smoothing), logits
 
 
@@ -250,29 +196,6 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
     }
 
 
-def recompute_bn_stats(model: torch.nn.Module, data: DeviceSplit, n_images: int, batch_size: int,
-                       channels_last: bool = True) -> None:
-    """Set every BatchNorm's running statistics to those of ``model``'s own activations on the
-    first ``n_images`` images of ``data`` (un-augmented), the same images on every process.
-
-    Averaged weights need their own statistics: at epoch 2 of the 8-epoch proxy an EMA (decay
-    0.99) that also averaged the BN buffers scored 32.2% on 2,000 test images, the EMA weights
-    with the live model's buffers 41.4%, the live model 70.4%, and the EMA weights with
-    statistics recomputed here 71.7% from 512 images and 71.3% from 4,096 (measured).
-    torch's ``update_bn`` does the work (reset, cumulative average, momenta and mode restored);
-    this feeds it our uint8 device images in the training input format.
-
-    Args:
-        model: the network whose BatchNorm buffers are replaced; keeps its train/eval mode.
-        data: a split on the model's device.
-        n_images: how many images (all of the split if it has fewer).
-        batch_size: images per forward pass.
-        channels_last: feed channels_last inputs.
-    """
-    batches = (_inputs(normalize(b, data.mean, data.std), channels_last) for b in data.images[:n_images].split(batch_size))
-    update_bn(batches, model)
-
-
 def evaluate_parts(parts: TrainingParts, cfg: Config, metric) -> tuple[dict, float]:
     """Evaluate the model that the run tests (the EMA, with its batch-norm statistics
     recomputed first, or the live model) on the test split, under the run's autocast.
@@ -283,7 +206,7 @@ def evaluate_parts(parts: TrainingParts, cfg: Config, metric) -> tuple[dict, flo
         metric: the ``evaluate`` accuracy metric.
 
     Returns:
-        ``(engine.evaluate's result, seconds)``.
+        ``(inference.evaluate's result, seconds)``.
     """
     start = time.perf_counter()
     with parts.accelerator.autocast():
@@ -294,44 +217,3 @@ def evaluate_parts(parts: TrainingParts, cfg: Config, metric) -> tuple[dict, flo
     return test, time.perf_counter() - start
 
 
-@torch.no_grad()
-def evaluate(accelerator, model: torch.nn.Module, loader, data: DeviceSplit, metric=None, *, channels_last: bool = True,
-             tta: bool = False, tta_shift: int = 0) -> dict:
-    """Evaluate on a split, gathering every sample exactly once across processes.
-
-    Args:
-        accelerator: the run's Accelerator.
-        model: the prepared model.
-        loader: the prepared in-order index loader of the split.
-        data: the split on the device.
-        metric: an ``evaluate`` accuracy metric (default: the shipped one).
-        channels_last: feed channels_last inputs.
-        tta: flip test-time augmentation.
-        tta_shift: also the shifted views (``predict_logits``).
-
-    Returns:
-        ``loss`` (mean), ``accuracy`` (fraction, from ``evaluate``), ``correct``, ``total``,
-        and per-sample ``indices``, ``labels``, ``predictions``, ``confidences`` (CPU tensors).
-    """
-    model.eval()
-    metric = metric or load_accuracy_metric()
-    parts: list[tuple[torch.Tensor, ...]] = []
-    for idx in loader:
-        y = data.labels[idx]
-        logits = predict_logits(model, data.images[idx], data.mean, data.std, channels_last, tta, tta_shift)
-        losses = F.cross_entropy(logits, y, reduction="none")
-        conf, pred = logits.softmax(1).max(1)
-        # gather_for_metrics drops the samples Accelerate repeated to even out the last batch.
-        parts.append(accelerator.gather_for_metrics((idx, y, pred, conf, losses)))
-    indices, labels, preds, confs, losses = (torch.cat(t).cpu() for t in zip(*parts))
-    result = metric.compute(predictions=preds.numpy(), references=labels.numpy())
-    return {
-        "loss": losses.mean().item(),
-        "accuracy": float(result["accuracy"]),
-        "correct": int((preds == labels).sum()),
-        "total": len(labels),
-        "indices": indices,
-        "labels": labels,
-        "predictions": preds,
-        "confidences": confs,
-    }

@@ -15,8 +15,8 @@ import torch
 from resnet_ocp.atomic import read_json
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar
-from resnet_ocp.engine import load_accuracy_metric, predict_logits
 from resnet_ocp.errors import DamagedFileError, OneLineParser, UserError, exit_with, positive_int
+from resnet_ocp.inference import load_accuracy_metric, predict_logits
 from resnet_ocp.model import CustomResNet, for_config
 from resnet_ocp.session import last_session
 

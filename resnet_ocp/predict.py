@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from resnet_ocp.atomic import read_json
-from resnet_ocp.engine import predict_logits
 from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
 from resnet_ocp.images import UnreadableImage, image_files, load_image
+from resnet_ocp.inference import predict_logits
 from resnet_ocp.model import WEIGHTS_FILE, CustomResNet
 
 PRECISIONS = ("no", "bf16", "fp16")

@@ -128,7 +128,7 @@ def write_predictions(path: str | os.PathLike, test: dict) -> None:
 
     Args:
         path: the file.
-        test: an ``engine.evaluate`` result (``indices``, ``labels``, ``predictions``, ``confidences``).
+        test: an ``inference.evaluate`` result (``indices``, ``labels``, ``predictions``, ``confidences``).
     """
     order = test["indices"].argsort().tolist()
     columns = [test[k][order].tolist() for k in ("indices", "labels", "predictions", "confidences")]

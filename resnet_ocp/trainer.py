@@ -17,8 +17,9 @@ from resnet_ocp.augment import normalize
 from resnet_ocp.checkpoint import load_newest_good_checkpoint, save_checkpoint
 from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_loaders
-from resnet_ocp.engine import DeviceSplit, EpochPosition, TrainingParts, evaluate_parts, load_accuracy_metric, train_one_epoch
+from resnet_ocp.engine import EpochPosition, TrainingParts, evaluate_parts, train_one_epoch
 from resnet_ocp.errors import RunError
+from resnet_ocp.inference import DeviceSplit, load_accuracy_metric
 from resnet_ocp.lookahead import Lookahead
 from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
 from resnet_ocp.model import count_parameters, for_config, summary, weights_metadata
@@ -247,7 +248,7 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
         run_dir: the run directory.
 
     Returns:
-        The epoch's test result (``engine.evaluate``).
+        The epoch's test result (``inference.evaluate``).
     """
     accelerator = parts.accelerator
     accelerator.print(f"Epoch {epoch}/{cfg.epochs}")

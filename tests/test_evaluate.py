@@ -7,8 +7,8 @@ import torch
 
 from conftest import REPO, reset_accelerate, tiny_args
 from resnet_ocp.cli import main
-from resnet_ocp.engine import predict_logits
 from resnet_ocp.evaluate import main as evaluate_main
+from resnet_ocp.inference import predict_logits
 from resnet_ocp.model import CustomResNet
 
 

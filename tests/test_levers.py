@@ -14,7 +14,7 @@ from conftest import tiny_args
 from resnet_ocp.augment import random_crop
 from resnet_ocp.cli import main
 from resnet_ocp.config import Config, ConfigError
-from resnet_ocp.engine import predict_logits
+from resnet_ocp.inference import predict_logits
 from resnet_ocp.lookahead import BASE_DECAY, EVERY, Lookahead
 from resnet_ocp.model import CustomResNet, GhostBatchNorm2d, count_parameters, for_config
 from resnet_ocp.schedule import build_one_cycle, build_optimizer

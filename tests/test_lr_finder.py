@@ -63,7 +63,8 @@ def _prepared_parts(tiny_data, cache_dir, scaler=None):
     from accelerate import Accelerator
 
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
-    from resnet_ocp.engine import DeviceSplit, TrainingParts
+    from resnet_ocp.engine import TrainingParts
+    from resnet_ocp.inference import DeviceSplit
     from resnet_ocp.model import CustomResNet
     from resnet_ocp.schedule import build_optimizer
 

@@ -240,7 +240,7 @@ def test_recomputed_bn_stats_are_those_of_the_given_images():
     import copy
 
     from resnet_ocp.augment import normalize
-    from resnet_ocp.engine import DeviceSplit, recompute_bn_stats
+    from resnet_ocp.inference import DeviceSplit, recompute_bn_stats
     from resnet_ocp.model import CustomResNet
 
     torch.manual_seed(0)
