@@ -1,10 +1,13 @@
-"""The benchmarks: throughput.py (with step_timing.py) records every figure; ablations.py fills its table."""
+"""The benchmarks: throughput.py (with step_timing.py) records every figure; ablations.py fills its table;
+seeds.py trains a recipe from several seeds and publishes them as records."""
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -222,3 +225,46 @@ def test_predict_speed_benchmark_records_rates_latency_and_accuracy(finished_run
     assert record["folder_no_tta"]["correct"] == round(100 * finished_run["final_accuracy"])
     assert record["folder_tta"]["images_per_second"] > 0 and record["cold_start_one_image_s"]["median"] > 0
     assert "one image from a cold start: median" in proc.stdout
+
+
+@pytest.mark.slow
+def test_seeds_driver_trains_each_seed_once_publishes_and_forwards_sigterm(tiny_data, cache_dir, tmp_path):
+    """benchmarks/seeds.py trains NAME-seed0 and NAME-seed1 with the recipe's flags and their own
+    seeds, publishes each as a record (files and log, no checkpoints or lock), prints the recipe's
+    records row over both seeds; a second call trains nothing and overwrites nothing; SIGTERM to
+    the driver reaches training, which checkpoints, and the driver exits 75."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    recipe = ["--data", str(tiny_data), "--cache-dir", str(cache_dir), "--width", "8", "--batch-size", "20",
+              "--eval-batch-size", "32", "--max-lr", "0.02"]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "seeds.py"), "--name", "tiny", "--runs-dir", str(runs),
+           "--config-file", "accelerate_configs/cpu_fp32.yaml"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run([*cmd, "--seeds", "0", "1", "--publish", str(results), "--", *recipe, "--epochs", "2", "--peak-epoch", "1"],
+                           capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for seed in (0, 1):
+        assert json.loads((runs / f"tiny-seed{seed}" / "config.json").read_text())["seed"] == seed
+        record = results / f"tiny-seed{seed}"
+        assert {"model.safetensors", "summary.json", "train.log", "history.json"} <= {p.name for p in record.iterdir()}
+        assert not {"checkpoints", "tensorboard", ".lock"} & {p.name for p in record.iterdir()}
+        assert "Epoch 2/2" in (record / "train.log").read_text()
+    finals = sorted(100 * json.loads((results / f"tiny-seed{s}" / "summary.json").read_text())["final_accuracy"] for s in (0, 1))
+    row = first.stdout.strip().splitlines()[-1]
+    assert row.startswith("| `tiny` | ") and "[0](results/tiny-seed0), [1](results/tiny-seed1)" in row
+    assert f"| {sum(finals) / 2:.2f} ({finals[0]:.2f}-{finals[1]:.2f}) |" in row
+    stamp = (results / "tiny-seed0" / "model.safetensors").stat().st_mtime_ns
+    again = subprocess.run([*cmd, "--seeds", "0", "1", "--publish", str(results), "--", *recipe], capture_output=True, text=True,
+                           timeout=300, cwd=REPO, env=env)
+    assert again.returncode == 0 and "seed 0:" not in again.stdout and "published" not in again.stdout
+    assert again.stdout.strip().splitlines()[-1] == row
+    assert (results / "tiny-seed0" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    long = subprocess.Popen([*cmd, "--seeds", "2", "--", *recipe, "--epochs", "500", "--peak-epoch", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    log, deadline = runs / "tiny-seed2.log", time.time() + 240
+    while not (log.exists() and "Epoch 2/500" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    long.send_signal(signal.SIGTERM)
+    out, err = long.communicate(timeout=240)
+    assert long.returncode == 75, err[-2000:]
+    assert (runs / "tiny-seed2" / "preempted.json").exists() and "run this command again to continue" in err

@@ -1,0 +1,146 @@
+"""Train one recipe from several seeds, across sessions, and publish the finished runs as records.
+
+Each seed trains in a real ``accelerate launch ... train.py`` process into ``RUNS_DIR/NAME-seedN``
+(the name ``resnet-ocp records`` groups by); a finished seed is skipped and an interrupted one
+resumed, so one command, started again after every interruption, finishes all of them. SIGTERM or
+SIGINT to this driver reaches the training process, which checkpoints inside its epoch; the
+driver then stops with status 75.
+
+    python benchmarks/seeds.py --name fast10 --seeds 0 1 2 --runs-dir ~/runs \\
+        --config-file accelerate_configs/cpu_fp32.yaml -- --preset fast10 --data ../shared/data/cifar10
+    python benchmarks/seeds.py --name fast10 --seeds 0 1 2 --runs-dir ~/runs --publish results -- ...
+
+Prints the recipe's records row (median and range over the finished seeds). ``--publish DIR``
+copies each finished run into ``DIR/NAME-seedN`` (its files, not checkpoints or TensorBoard
+events, with its log as ``train.log``); a record already there is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, exit_with
+from resnet_ocp.records import read_run, table_row
+
+REPO = Path(__file__).resolve().parents[1]
+# Run-directory entries that stay behind when a run becomes a record: resumable state, live lock.
+NOT_PUBLISHED = {".lock", "checkpoints", "tensorboard", "preempted.json"}
+
+
+def train_command(config_file: str, run_dir: Path, seed: int, flags: list[str]) -> list[str]:
+    """The launch command of one seed: a resume when the run directory exists, else a new run.
+
+    Args:
+        config_file: the Accelerate config.
+        run_dir: the seed's run directory.
+        seed: the seed.
+        flags: the recipe's ``train.py`` options (no ``--seed`` or ``--output-dir``).
+    """
+    launch = ["accelerate", "launch", "--config_file", config_file, "train.py"]
+    if (run_dir / "config.json").exists():
+        return [*launch, "--resume", str(run_dir), "--no-progress"]
+    return [*launch, *flags, "--seed", str(seed), "--output-dir", str(run_dir), "--no-progress"]
+
+
+def train_seed(command: list[str], log: Path, run_dir: Path) -> int:
+    """Run one training process with its output appended to ``log``; SIGTERM/SIGINT to the driver
+    go to its whole process group, as SLURM signals a job step.
+
+    ``accelerate launch`` does not pass a signal on to the ``train.py`` it started and dies of it,
+    so the driver signals both and then waits for ``train.py`` to finish its checkpoint.
+
+    Returns:
+        The exit status: 75 when the run was stopped and checkpointed (``preempted.json``).
+    """
+    with open(log, "a") as out:
+        child = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        signalled = []
+
+        def forward(signum, frame):
+            signalled.append(signum)
+            os.killpg(child.pid, signal.SIGTERM)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            status = child.wait()
+            # A checkpoint of the full run takes ~20 s here; the bound covers a container whose
+            # init never reaps the orphaned train.py (its zombie would look alive forever).
+            deadline = time.monotonic() + 300
+            while _group_alive(child.pid) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    if signalled and (run_dir / "preempted.json").exists():
+        return PREEMPTED_EXIT
+    return status if status >= 0 else 128 - status
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def publish(run_dir: Path, log: Path, target: Path) -> bool:
+    """Copy a finished run into ``target`` as a record, atomically; False if ``target`` exists.
+
+    Args:
+        run_dir: the finished run directory.
+        log: its training log, kept as ``train.log``.
+        target: the record directory to create (e.g. ``results/fast10-seed0``).
+    """
+    if target.exists():
+        return False
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(run_dir, partial, ignore=lambda folder, names: [n for n in names if folder == str(run_dir) and n in NOT_PUBLISHED])
+    if log.exists():
+        shutil.copyfile(log, partial / "train.log")
+    partial.rename(target)
+    return True
+
+
+def main(argv: list[str] | None = None) -> str:
+    """Train the seeds in order (resuming, skipping the finished), publish, print the row."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = OneLineParser(prog="benchmarks/seeds.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the recipe's name: runs are RUNS_DIR/NAME-seedN")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs-dir", required=True, help="where the run directories and their logs are kept (outside the repository)")
+    parser.add_argument("--config-file", default="accelerate_configs/cpu.yaml")
+    parser.add_argument("--publish", help="copy each finished run into this folder as NAME-seedN (e.g. results)")
+    args = parser.parse_args(ours)
+    if any(f in flags for f in ("--seed", "--output-dir", "--resume")):
+        exit_with("give the recipe's options after --, without --seed, --output-dir or --resume: the driver sets them per seed")
+    runs_dir = Path(args.runs_dir).expanduser()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    finished = []
+    for seed in args.seeds:
+        run_dir, log = runs_dir / f"{args.name}-seed{seed}", runs_dir / f"{args.name}-seed{seed}.log"
+        if not (run_dir / "summary.json").exists():
+            command = train_command(args.config_file, run_dir, seed, flags)
+            print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {' '.join(command)}", flush=True)
+            status = train_seed(command, log, run_dir)
+            if status:
+                print(f"seed {seed} stopped with exit status {status}; see {log}; run this command again to continue", file=sys.stderr)
+                raise SystemExit(PREEMPTED_EXIT if status == PREEMPTED_EXIT else status)
+        finished.append(read_run(run_dir))
+        if args.publish and publish(run_dir, log, Path(args.publish) / run_dir.name):
+            print(f"published {run_dir} as {Path(args.publish) / run_dir.name}")
+    row = table_row(args.name, finished)
+    print(row)
+    return row
+
+
+if __name__ == "__main__":
+    main()
