@@ -75,9 +75,9 @@ def group_runs(results_dir: Path) -> dict[str, list[Run]]:
         groups.setdefault(_SEED_SUFFIX.sub("", summary.parent.name), []).append(read_run(summary.parent))
     for name, runs in groups.items():
         runs.sort(key=lambda r: r.config.seed)
-        first = runs[0]
+        first, recipe = runs[0], _recipe(runs[0])
         for other in runs[1:]:
-            differ = [k for k, v in _recipe(other).items() if v != _recipe(first)[k]]
+            differ = [k for k, v in _recipe(other).items() if v != recipe.get(k)]
             if differ:
                 raise RunError(f"{other.path} and {first.path} differ in {', '.join(differ)}: the seeds of recipe {name!r} must "
                                f"share every other option; rename one of them")
