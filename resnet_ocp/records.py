@@ -4,8 +4,8 @@ A record is a finished run directory under ``results/``. Directories whose names
 ``-seedN`` suffix (``fast10-seed0``, ``fast10-seed1``; a name without the suffix is the seed its
 config holds) are one recipe trained from several seeds: their configs must agree in every option
 but the seed. A recipe's figures are the median over its seeds with the range beside it, and a
-figure from one seed says so, because seed-to-seed spread at 5-10 epochs is about 0.3 points
-(fast, 5 epochs: 89.57% and 90.14% on seeds 0 and 1), larger than most single levers.
+figure from one seed says so, because seeds alone moved the 5-epoch fast recipe by 0.57 points
+(89.57% and 90.14% on seeds 0 and 1), more than most single levers.
 """
 
 from __future__ import annotations
