@@ -62,14 +62,13 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int, tra
     from huggingface_hub import EvalResult, ModelCardData
 
     from resnet_ocp.report import summarize
-    from resnet_ocp.session import last_session
+    from resnet_ocp.session import last_session, machine_words
 
     history = read_json(run_dir / "history.json")
     summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else summarize(history)
     session = last_session(run_dir)
     accuracy, images = summary["final_accuracy"], history[-1].get("test_samples") or 10_000
-    precision = {"no": "fp32"}.get(session["mixed_precision"], session["mixed_precision"]) if session else "fp32"
-    where = f"{session['device_name']} ({session.get('cpu_capability', session['device'])})" if session else "an unrecorded machine"
+    where, precision = machine_words(session) if session else ("an unrecorded machine", "fp32")
     data = ModelCardData(
         library_name="resnet-ocp", license="apache-2.0", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],
         metrics=["accuracy"], tags=["image-classification", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin"], model_name=model_name,

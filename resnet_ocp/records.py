@@ -56,10 +56,9 @@ def read_run(path: Path) -> Run:
 
 
 def _machine(session: dict) -> str:
-    name = session.get("cpu_name") or session.get("device_name", "?")
-    where = f"{name} {session['cpu_capability']}" if session.get("device") == "cpu" else name
-    precision = {"no": "fp32"}.get(session["mixed_precision"], session["mixed_precision"])
-    return f"{where}, {precision}"
+    from resnet_ocp.session import machine_words  # here: the session module imports torch and accelerate
+
+    return ", ".join(machine_words(session))
 
 
 def group_runs(results_dir: Path) -> dict[str, list[Run]]:

@@ -228,6 +228,16 @@ def record_session(accelerator: Accelerator, run_dir: Path) -> dict:
     return entry
 
 
+def machine_words(session: dict) -> tuple[str, str]:
+    """Where and in what precision a session ran, in words: ``("AMD EPYC (AVX2)", "fp32")``.
+
+    Args:
+        session: an entry of ``run.json``.
+    """
+    where = f"{session['device_name']} ({session.get('cpu_capability', session['device'])})"
+    return where, {"no": "fp32"}.get(session["mixed_precision"], session["mixed_precision"])
+
+
 def last_session(run_dir: str | Path) -> dict | None:
     """The last entry of ``run_dir/run.json``, or None for a run recorded before run.json existed."""
     path = Path(run_dir) / "run.json"

@@ -10,7 +10,7 @@ from resnet_ocp.config import Config
 from resnet_ocp.errors import RunError
 from resnet_ocp.records import group_runs, records_table
 
-ZEN4 = {"device": "cpu", "cpu_name": "AMD EPYC", "cpu_capability": "AVX512", "mixed_precision": "bf16"}
+ZEN4 = {"device": "cpu", "device_name": "AMD EPYC", "cpu_capability": "AVX512", "mixed_precision": "bf16"}
 
 
 def write_record(results: Path, name: str, cfg: Config, final: float, reached: dict, seconds: float = 600.0,
@@ -44,7 +44,7 @@ def test_three_seeds_give_the_median_and_range(tmp_path):
     assert row[1:4] == ["`--preset fast --epochs 10`", "[0](results/fast10-seed0), [1](results/fast10-seed1), [2](results/fast10-seed2)",
                         "94.12 (93.91-94.30)"]
     assert row[4:8] == ["epoch 4, 4.0 min", "epoch 7, 7.0 min", "epoch 9.5, 9.5 min (2 of 3 seeds)", "11.7"]
-    assert row[8] == "AMD EPYC AVX512, bf16"
+    assert row[8] == "AMD EPYC (AVX512), bf16"
 
 
 def test_a_single_seed_is_labelled_as_one(tmp_path):
@@ -55,7 +55,7 @@ def test_a_single_seed_is_labelled_as_one(tmp_path):
                  suggested_lr=0.0027)
     row = _row(records_table(tmp_path), "reference-24ep")
     assert row[1:4] == ["defaults (range-test LR)", "[0](results/reference-24ep)", "93.05 (one seed)"]
-    assert row[6] == "not reached" and row[8] == "AMD EPYC AVX2, fp32"
+    assert row[6] == "not reached" and row[8] == "AMD EPYC (AVX2), fp32"
 
 
 def test_rows_are_ordered_longest_schedule_first(tmp_path):
