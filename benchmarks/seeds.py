@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_ocp.atomic import atomic_path
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, exit_with
 from resnet_ocp.records import read_run, table_row
 
@@ -100,12 +101,10 @@ def publish(run_dir: Path, log: Path, target: Path) -> bool:
     """
     if target.exists():
         return False
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(run_dir, partial, ignore=lambda folder, names: [n for n in names if folder == str(run_dir) and n in NOT_PUBLISHED])
-    if log.exists():
-        shutil.copyfile(log, partial / "train.log")
-    partial.rename(target)
+    with atomic_path(target) as partial:
+        shutil.copytree(run_dir, partial, ignore=lambda folder, names: [n for n in names if folder == str(run_dir) and n in NOT_PUBLISHED])
+        if log.exists():
+            shutil.copyfile(log, Path(partial) / "train.log")
     return True
 
 
@@ -133,7 +132,7 @@ def main(argv: list[str] | None = None) -> str:
             status = train_seed(command, log, run_dir)
             if status:
                 print(f"seed {seed} stopped with exit status {status}; see {log}; run this command again to continue", file=sys.stderr)
-                raise SystemExit(PREEMPTED_EXIT if status == PREEMPTED_EXIT else status)
+                raise SystemExit(status)
         finished.append(read_run(run_dir))
         if args.publish and publish(run_dir, log, Path(args.publish) / run_dir.name):
             print(f"published {run_dir} as {Path(args.publish) / run_dir.name}")
