@@ -23,14 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from resnet_ocp.errors import OneLineParser, positive_int
+from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, positive_int
 
-REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this folder is on sys.path.
+from training_job import launch_command, run_training
+
 RESULTS = Path(__file__).with_name("ablations.jsonl")
 
 # Page's settings; --logit-scale 0.125 is what lets SGD take LR 0.4 (at scale 1 our SGD range test diverged from 0.01).
@@ -85,15 +86,6 @@ def proxy_flags(args: argparse.Namespace) -> list[str]:
     return flags + shlex.split(args.extra)
 
 
-def train_command(args: argparse.Namespace, name: str) -> list[str]:
-    """The accelerate launch command of one variant (its own flags after the shared ones win)."""
-    run_dir = Path(args.runs_dir) / name
-    if (run_dir / "config.json").exists():
-        return ["accelerate", "launch", "--config_file", args.config_file, "train.py", "--resume", str(run_dir), "--no-progress"]
-    return ["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args),
-            "--output-dir", str(run_dir), *VARIANTS[name]]
-
-
 def run_variant(args: argparse.Namespace, name: str) -> dict | None:
     """Train (or resume, or skip) one variant; return its record once finished."""
     run_dir = Path(args.runs_dir) / name
@@ -111,13 +103,16 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
     if not (run_dir / "summary.json").exists():
         if args.table:
             return None
-        command = train_command(args, name)
+        command = launch_command(args.config_file, run_dir, [*proxy_flags(args), *VARIANTS[name]])
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(command)}", flush=True)
         log = Path(args.runs_dir) / f"{name}.log"
-        with open(log, "a") as out:
-            if subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT).returncode:
-                print(f"{name} failed; see {log}", file=sys.stderr)
-                return None
+        status = run_training(command, log, run_dir)
+        if status == PREEMPTED_EXIT:
+            print(f"{name} stopped and checkpointed; run this command again to continue", file=sys.stderr)
+            raise SystemExit(status)
+        if status:
+            print(f"{name} failed; see {log}", file=sys.stderr)
+            return None
     summary = json.loads((run_dir / "summary.json").read_text())
     saved = json.loads((run_dir / "config.json").read_text())
     command = ["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]]

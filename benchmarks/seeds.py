@@ -17,78 +17,20 @@ events, with its log as ``train.log``); a record already there is never overwrit
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from resnet_ocp.atomic import atomic_path
-from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, exit_with
+from resnet_ocp.errors import OneLineParser, exit_with
 from resnet_ocp.records import read_run, table_row
 
-REPO = Path(__file__).resolve().parents[1]
+# Run as a script, this folder is on sys.path.
+from training_job import launch_command, run_training
+
 # Run-directory entries that stay behind when a run becomes a record: resumable state, live lock.
 NOT_PUBLISHED = {".lock", "checkpoints", "tensorboard", "preempted.json"}
-
-
-def train_command(config_file: str, run_dir: Path, seed: int, flags: list[str]) -> list[str]:
-    """The launch command of one seed: a resume when the run directory exists, else a new run.
-
-    Args:
-        config_file: the Accelerate config.
-        run_dir: the seed's run directory.
-        seed: the seed.
-        flags: the recipe's ``train.py`` options (no ``--seed`` or ``--output-dir``).
-    """
-    launch = ["accelerate", "launch", "--config_file", config_file, "train.py"]
-    if (run_dir / "config.json").exists():
-        return [*launch, "--resume", str(run_dir), "--no-progress"]
-    return [*launch, *flags, "--seed", str(seed), "--output-dir", str(run_dir), "--no-progress"]
-
-
-def train_seed(command: list[str], log: Path, run_dir: Path) -> int:
-    """Run one training process with its output appended to ``log``; SIGTERM/SIGINT to the driver
-    go to its whole process group, as SLURM signals a job step.
-
-    ``accelerate launch`` does not pass a signal on to the ``train.py`` it started and dies of it,
-    so the driver signals both and then waits for ``train.py`` to finish its checkpoint.
-
-    Returns:
-        The exit status: 75 when the run was stopped and checkpointed (``preempted.json``).
-    """
-    with open(log, "a") as out:
-        child = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        signalled = []
-
-        def forward(signum, frame):
-            signalled.append(signum)
-            os.killpg(child.pid, signal.SIGTERM)
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            status = child.wait()
-            # A checkpoint of the full run takes ~20 s here; the bound covers a container whose
-            # init never reaps the orphaned train.py (its zombie would look alive forever).
-            deadline = time.monotonic() + 300
-            while _group_alive(child.pid) and time.monotonic() < deadline:
-                time.sleep(0.5)
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-    if signalled and (run_dir / "preempted.json").exists():
-        return PREEMPTED_EXIT
-    return status if status >= 0 else 128 - status
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def publish(run_dir: Path, log: Path, target: Path) -> bool:
@@ -127,9 +69,9 @@ def main(argv: list[str] | None = None) -> str:
     for seed in args.seeds:
         run_dir, log = runs_dir / f"{args.name}-seed{seed}", runs_dir / f"{args.name}-seed{seed}.log"
         if not (run_dir / "summary.json").exists():
-            command = train_command(args.config_file, run_dir, seed, flags)
+            command = launch_command(args.config_file, run_dir, [*flags, "--seed", str(seed)])
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {' '.join(command)}", flush=True)
-            status = train_seed(command, log, run_dir)
+            status = run_training(command, log, run_dir)
             if status:
                 print(f"seed {seed} stopped with exit status {status}; see {log}; run this command again to continue", file=sys.stderr)
                 raise SystemExit(status)

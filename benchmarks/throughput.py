@@ -44,10 +44,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
+
 # Run as a script, this folder is on sys.path; the step timing lives beside it.
 from step_timing import BareStep, OurStep, TextbookStep, ceiling_warning, interleave, profile_shares, sync, textbook_loader
-
-from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
 
 RESULTS = Path(__file__).with_name("results.jsonl")
 

@@ -149,7 +149,8 @@ def test_training_flops_of_the_full_network():
 def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_path):
     """benchmarks/ablations.py trains each variant once into its own run directory, evaluates
     flip TTA from the baseline's weights, records each finished variant once, and prints a
-    table whose deltas are differences to the baseline; a second call trains nothing."""
+    table whose deltas are differences to the baseline; a second call trains nothing; SIGTERM to
+    the driver reaches training, which checkpoints, and the driver exits 75."""
     runs, results = tmp_path / "ablate", tmp_path / "ablations.jsonl"
     cmd = [sys.executable, str(REPO / "benchmarks" / "ablations.py"), "--data", str(tiny_data), "--runs-dir", str(runs),
            "--max-lr", "0.02", "--epochs", "2", "--only", "baseline", "tta", "label_smoothing", "--results", str(results),
@@ -170,6 +171,18 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     assert again.returncode == 0 and [line for line in again.stdout.splitlines() if line.startswith("| ")] == rows
     assert "label_smoothing:" not in again.stdout  # nothing trained
     assert len(results.read_text().splitlines()) == 3
+
+    long = subprocess.Popen([*cmd[:cmd.index("--epochs") + 1], "500", "--only", "ema", *cmd[cmd.index("--results"):]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    log, deadline = runs / "ema.log", time.time() + 240
+    while not (log.exists() and "Epoch 2/500" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    long.send_signal(signal.SIGTERM)
+    out, err = long.communicate(timeout=240)
+    orphans = subprocess.run(["pkill", "-e", "-f", str(runs / "ema")], capture_output=True, text=True).stdout
+    assert long.returncode == 75, err[-2000:]
+    assert (runs / "ema" / "preempted.json").exists() and "run this command again to continue" in err
+    assert not orphans  # no train.py left training
 
 
 def test_fast_without_label_smoothing_is_the_fast_preset_less_label_smoothing():
