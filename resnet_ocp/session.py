@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -234,8 +235,12 @@ def machine_words(session: dict) -> tuple[str, str]:
     Args:
         session: an entry of ``run.json``.
     """
-    where = f"{session['device_name']} ({session.get('cpu_capability', session['device'])})"
-    return where, {"no": "fp32"}.get(session["mixed_precision"], session["mixed_precision"])
+    name, kind = session["device_name"], session.get("cpu_capability", session["device"])
+    if session["device"] == "cpu":
+        # /proc/cpuinfo says "Intel(R) Xeon(R) Processor"; AMX is the bf16 unit that sets the speed there.
+        name = " ".join(re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU @.*", " ", name).split())
+        kind = "AMX" if "amx_bf16" in session.get("cpu_bf16", ()) else kind
+    return f"{name} ({kind})", {"no": "fp32"}.get(session["mixed_precision"], session["mixed_precision"])
 
 
 def last_session(run_dir: str | Path) -> dict | None:

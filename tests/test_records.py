@@ -58,6 +58,20 @@ def test_a_single_seed_is_labelled_as_one(tmp_path):
     assert row[6] == "not reached" and row[8] == "AMD EPYC (AVX2), fp32"
 
 
+def test_the_machine_column_names_the_cpu_and_its_bf16_unit(tmp_path):
+    """The machine column drops /proc/cpuinfo's trademarks and names AMX where the CPU has it
+    (the matrix unit decides bf16 speed there), else torch's CPU capability; seeds trained on two
+    machines list both."""
+    amx = {"device": "cpu", "device_name": "Intel(R) Xeon(R) Processor", "cpu_capability": "AVX512",
+           "cpu_bf16": ["amx_bf16", "avx512_bf16"], "mixed_precision": "bf16"}
+    avx2 = {"device": "cpu", "device_name": "AMD EPYC 7B13 64-Core Processor", "cpu_capability": "AVX2", "cpu_bf16": [],
+            "mixed_precision": "no"}
+    cfg = Config.from_preset("fast", epochs=10, data="d")
+    for seed, session in enumerate([avx2, amx, amx]):
+        write_record(tmp_path, f"fast10-seed{seed}", cfg.replace(seed=seed), 0.94, {"0.90": 4, "0.92": 6, "0.94": 10}, session=session)
+    assert _row(records_table(tmp_path), "fast10")[8] == "AMD EPYC 7B13 64-Core (AVX2), fp32 / Intel Xeon (AMX), bf16"
+
+
 def test_rows_are_ordered_longest_schedule_first(tmp_path):
     """Rows run from the longest schedule to the shortest, so the table reads as a trade of epochs."""
     for name, epochs in [("a5", 5), ("b24", 24), ("c10", 10)]:
