@@ -61,15 +61,24 @@ def test_a_single_seed_is_labelled_as_one(tmp_path):
 def test_the_machine_column_names_the_cpu_and_its_bf16_unit(tmp_path):
     """The machine column drops /proc/cpuinfo's trademarks and names AMX where the CPU has it
     (the matrix unit decides bf16 speed there), else torch's CPU capability; seeds trained on two
-    machines list both."""
+    machines list both, and every minutes cell gives one median per machine in that order."""
     amx = {"device": "cpu", "device_name": "Intel(R) Xeon(R) Processor", "cpu_capability": "AVX512",
            "cpu_bf16": ["amx_bf16", "avx512_bf16"], "mixed_precision": "bf16"}
     avx2 = {"device": "cpu", "device_name": "AMD EPYC 7B13 64-Core Processor", "cpu_capability": "AVX2", "cpu_bf16": [],
             "mixed_precision": "no"}
     cfg = Config.from_preset("fast", epochs=10, data="d")
     for seed, session in enumerate([avx2, amx, amx]):
-        write_record(tmp_path, f"fast10-seed{seed}", cfg.replace(seed=seed), 0.94, {"0.90": 4, "0.92": 6, "0.94": 10}, session=session)
-    assert _row(records_table(tmp_path), "fast10")[8] == "AMD EPYC 7B13 64-Core (AVX2), fp32 / Intel Xeon (AMX), bf16"
+        run = write_record(tmp_path, f"fast10-seed{seed}", cfg.replace(seed=seed), 0.94, {"0.90": 4, "0.92": 6, "0.94": 10},
+                           seconds=600.0 + 60 * seed, session=session)
+        if session is avx2:  # five times slower: 5 min an epoch
+            summary = json.loads((run / "summary.json").read_text())
+            summary["seconds"] *= 5
+            summary["first_reached"] = {t: {**r, "seconds": 5 * r["seconds"]} for t, r in summary["first_reached"].items()}
+            (run / "summary.json").write_text(json.dumps(summary))
+    row = _row(records_table(tmp_path), "fast10")
+    assert row[8] == "AMD EPYC 7B13 64-Core (AVX2), fp32 / Intel Xeon (AMX), bf16"
+    assert row[4] == "epoch 4, 20.0 / 4.0 min" and row[6] == "epoch 10, 50.0 / 10.0 min"
+    assert row[7] == "50.0 / 11.5"  # minutes of epochs: the median per machine, in the machine column's order
 
 
 def test_rows_are_ordered_longest_schedule_first(tmp_path):
