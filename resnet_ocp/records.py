@@ -123,8 +123,8 @@ def _per_machine(runs: list[Run], seconds) -> str:
     of a bf16 AMX run differ five-fold, so one median over both would describe neither."""
     by_machine: dict[str, list[float]] = {}
     for r in runs:
-        if seconds(r) is not None:
-            by_machine.setdefault(r.machine, []).append(seconds(r) / 60)
+        if (value := seconds(r)) is not None:
+            by_machine.setdefault(r.machine, []).append(value / 60)
     return " / ".join(f"{statistics.median(m):.1f}" for m in by_machine.values())
 
 

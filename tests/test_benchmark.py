@@ -145,6 +145,21 @@ def test_training_flops_of_the_full_network():
     assert round(train_gflop_per_image(64), 3) == 2.272
 
 
+def _stopped_in_epoch_2(command: list[str], run_dir, env: dict) -> None:
+    """Start a benchmark driver, SIGTERM it once its run (``run_dir``, log beside it) is in epoch 2,
+    and check the run checkpointed, the driver exited 75 and no train.py was left training."""
+    driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    log, deadline = run_dir.with_name(run_dir.name + ".log"), time.time() + 240
+    while not (log.exists() and "Epoch 2/500" in log.read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    driver.send_signal(signal.SIGTERM)
+    out, err = driver.communicate(timeout=240)
+    orphans = subprocess.run(["pkill", "-e", "-f", str(run_dir)], capture_output=True, text=True).stdout
+    assert driver.returncode == 75, err[-2000:]
+    assert (run_dir / "preempted.json").exists() and "run this command again to continue" in err
+    assert not orphans
+
+
 @pytest.mark.slow
 def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_path):
     """benchmarks/ablations.py trains each variant once into its own run directory, evaluates
@@ -172,17 +187,7 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     assert "label_smoothing:" not in again.stdout  # nothing trained
     assert len(results.read_text().splitlines()) == 3
 
-    long = subprocess.Popen([*cmd[:cmd.index("--epochs") + 1], "500", "--only", "ema", *cmd[cmd.index("--results"):]],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    log, deadline = runs / "ema.log", time.time() + 240
-    while not (log.exists() and "Epoch 2/500" in log.read_text()) and time.time() < deadline:
-        time.sleep(0.2)
-    long.send_signal(signal.SIGTERM)
-    out, err = long.communicate(timeout=240)
-    orphans = subprocess.run(["pkill", "-e", "-f", str(runs / "ema")], capture_output=True, text=True).stdout
-    assert long.returncode == 75, err[-2000:]
-    assert (runs / "ema" / "preempted.json").exists() and "run this command again to continue" in err
-    assert not orphans  # no train.py left training
+    _stopped_in_epoch_2([*cmd[:cmd.index("--epochs") + 1], "500", "--only", "ema", *cmd[cmd.index("--results"):]], runs / "ema", env)
 
 
 def test_fast_without_label_smoothing_is_the_fast_preset_less_label_smoothing():
@@ -272,12 +277,4 @@ def test_seeds_driver_trains_each_seed_once_publishes_and_forwards_sigterm(tiny_
     assert again.stdout.strip().splitlines()[-1] == row
     assert (results / "tiny-seed0" / "model.safetensors").stat().st_mtime_ns == stamp
 
-    long = subprocess.Popen([*cmd, "--seeds", "2", "--", *recipe, "--epochs", "500", "--peak-epoch", "1"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    log, deadline = runs / "tiny-seed2.log", time.time() + 240
-    while not (log.exists() and "Epoch 2/500" in log.read_text()) and time.time() < deadline:
-        time.sleep(0.2)
-    long.send_signal(signal.SIGTERM)
-    out, err = long.communicate(timeout=240)
-    assert long.returncode == 75, err[-2000:]
-    assert (runs / "tiny-seed2" / "preempted.json").exists() and "run this command again to continue" in err
+    _stopped_in_epoch_2([*cmd, "--seeds", "2", "--", *recipe, "--epochs", "500", "--peak-epoch", "1"], runs / "tiny-seed2", env)
