@@ -2,8 +2,11 @@
 
 Each variant is the reference recipe plus a few ``train.py`` flags, trained by a real
 ``accelerate launch ... train.py`` process into ``RUNS_DIR/<name>``; a finished variant is
-skipped and an interrupted one resumed, so the table fills in across sessions. The TTA
-variants need no training: they re-evaluate another variant's weights (``EVALUATED``). The
+skipped and an interrupted one resumed, so the table fills in across sessions. A variant whose
+committed record under ``results/`` is the very same recipe is read from there, not trained again
+(``RECORDED``). The TTA variants need no training: they re-evaluate another variant's weights
+(``EVALUATED``), beside that variant's own evaluation in the same precision, which is their delta's
+reference (``--eval-precision no`` where bf16 is not native: emulated bf16 is ~20x slower). The
 ``fast+...`` variants add one lever each to ``--preset fast`` and are measured against it
 (``BASELINE_OF``); the others against the Adam reference. Every variant shares
 one peak LR (``--max-lr``, from the full-data range test) unless it sets its own, so a
@@ -27,12 +30,15 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_ocp.config import Config
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, positive_int
+from resnet_ocp.export import HOUSEKEEPING, training_command
 
 # Run as a script, this folder is on sys.path.
 from training_job import launch_command, run_training
 
 RESULTS = Path(__file__).with_name("ablations.jsonl")
+REPO = Path(__file__).resolve().parents[1]
 
 # Page's settings; --logit-scale 0.125 is what lets SGD take LR 0.4 (at scale 1 our SGD range test diverged from 0.01).
 PAGE_SGD = ["--optimizer", "sgd", "--max-lr", "0.4", "--weight-decay", "5e-4", "--no-cycle-momentum", "--momentum-max", "0.9",
@@ -75,6 +81,31 @@ VARIANTS: dict[str, list[str]] = {
 BASELINE_OF = {name: "fast" for name in VARIANTS if name.startswith("fast+")}
 # Variants that train nothing: they re-evaluate another variant's weights with these evaluate options.
 EVALUATED = {"tta": ("baseline", {"tta": True}), "fast+tta_shift": ("fast", {"tta": True, "tta_shift": 1})}
+# Variants that are a committed record's recipe: used as they are when the proxy gives that very config.
+RECORDED = {"fast": REPO / "results" / "fast-8ep"}
+
+
+def recipe(config: Config) -> dict:
+    """What a run learns from: its config less where it is kept and where its data lies."""
+    return {k: v for k, v in config.to_dict().items() if k not in (*HOUSEKEEPING, "data")}
+
+
+def shown(path: Path) -> str:
+    """A run directory as recorded: relative to the repository when it is a committed record."""
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
+def variant_dir(args: argparse.Namespace, name: str) -> Path:
+    """The run directory of a variant: its committed record if that trained the same recipe and
+    the runs directory holds no run of its own, else ``RUNS_DIR/<name>``."""
+    run_dir = Path(args.runs_dir) / name
+    record = RECORDED.get(name)
+    if record is None or (run_dir / "config.json").exists() or not (record / "summary.json").exists():
+        return run_dir
+    from resnet_ocp.cli import build_parser, resolve_config
+
+    wanted = resolve_config(vars(build_parser().parse_args([*proxy_flags(args), *VARIANTS[name]])))
+    return record if recipe(wanted) == recipe(Config.from_dict(json.loads((record / "config.json").read_text()))) else run_dir
 
 
 def proxy_flags(args: argparse.Namespace) -> list[str]:
@@ -88,18 +119,20 @@ def proxy_flags(args: argparse.Namespace) -> list[str]:
 
 def run_variant(args: argparse.Namespace, name: str) -> dict | None:
     """Train (or resume, or skip) one variant; return its record once finished."""
-    run_dir = Path(args.runs_dir) / name
+    run_dir = variant_dir(args, name)
     if name in EVALUATED:
         source, options = EVALUATED[name]
-        base = Path(args.runs_dir) / source
+        base = variant_dir(args, source)
         if not (base / "model.safetensors").exists():
             return None
         from resnet_ocp.evaluate import evaluate_run
 
-        result = evaluate_run(base, **options)
+        result = evaluate_run(base, args.data, precision=args.eval_precision, **options)
+        reference = evaluate_run(base, args.data, precision=result["precision"])
         flags = " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in options.items())
         return {"variant": name, "flags": VARIANTS[name], "final_accuracy": result["accuracy"], "best_accuracy": None,
-                "run_dir": str(base), "command": f"python -m resnet_ocp.evaluate {base} {flags}"}
+                "reference_accuracy": reference["accuracy"], "precision": result["precision"], "run_dir": shown(base),
+                "command": f"python -m resnet_ocp.evaluate {shown(base)} {flags} --precision {result['precision']}"}
     if not (run_dir / "summary.json").exists():
         if args.table:
             return None
@@ -115,18 +148,32 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
             return None
     summary = json.loads((run_dir / "summary.json").read_text())
     saved = json.loads((run_dir / "config.json").read_text())
-    command = ["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]]
+    command = shlex.join(["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]])
+    if run_dir == RECORDED.get(name):
+        sessions = json.loads((run_dir / "run.json").read_text())["sessions"] if (run_dir / "run.json").exists() else [None]
+        command = training_command(Config.from_dict(saved), sessions[-1])
     return {"variant": name, "flags": VARIANTS[name], "final_accuracy": summary["final_accuracy"],
             "best_accuracy": summary["best_accuracy"], "seconds": summary["seconds"], "max_lr": saved["max_lr"],
-            "run_dir": str(run_dir), "command": shlex.join(command)}
+            "run_dir": shown(run_dir), "command": command}
+
+
+def reference_of(record: dict, final: dict[str, float]) -> float | None:
+    """The accuracy a variant's delta is taken against: the same weights evaluated the baseline's way in
+    the same precision for an evaluated variant, else its baseline's (``BASELINE_OF``) final accuracy.
+
+    Args:
+        record: one variant's record.
+        final: final accuracy by variant name.
+    """
+    return record.get("reference_accuracy") or final.get(BASELINE_OF.get(record["variant"], "baseline"))
 
 
 def table(records: list[dict]) -> str:
-    """A Markdown table of the records, with each variant's delta to its baseline (``BASELINE_OF``)."""
+    """A Markdown table of the records, with each variant's delta to its reference (``reference_of``)."""
     final = {r["variant"]: r["final_accuracy"] for r in records}
     lines = ["| variant | flags | final test acc | best | delta vs its baseline | command |", "|---|---|---|---|---|---|"]
     for r in records:
-        base = final.get(BASELINE_OF.get(r["variant"], "baseline"))
+        base = reference_of(r, final)
         delta = "" if base is None or r["variant"] in ("baseline", "fast") else f"{100 * (r['final_accuracy'] - base):+.2f}"
         best = "" if r["best_accuracy"] is None else f"{100 * r['best_accuracy']:.2f}%"
         lines.append(f"| {r['variant']} | `{' '.join(r['flags'])}` | {100 * r['final_accuracy']:.2f}% | {best} | {delta} | `{r['command']}` |")
@@ -144,15 +191,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--config-file", default="accelerate_configs/cpu.yaml")
     parser.add_argument("--extra", default="", help="train.py flags added to every variant, one string (e.g. '--width 8' for a smoke test)")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="variants to run (default: all, in table order)")
+    parser.add_argument("--eval-precision", choices=("no", "bf16", "fp16"),
+                        help="precision of the evaluated (TTA) variants, theirs and their reference's (default: the run's)")
     parser.add_argument("--table", action="store_true", help="train nothing: print the table of the finished variants")
     parser.add_argument("--results", default=str(RESULTS), help="JSON-lines file each finished variant is appended to")
     args = parser.parse_args(argv)
     Path(args.runs_dir).mkdir(parents=True, exist_ok=True)
     results = Path(args.results)
-    recorded = {(r["variant"], r.get("run_dir")) for r in map(json.loads, results.read_text().splitlines())} if results.exists() else set()
+    previous = [json.loads(line) for line in results.read_text().splitlines()] if results.exists() else []
+    recorded = {(r["variant"], r.get("run_dir")) for r in previous}
+    latest = {r["variant"]: r for r in previous}
     records = []
     for name in args.only or list(VARIANTS):
-        record = run_variant(args, name)
+        # --table trains nothing and evaluates nothing either: a re-evaluation is read back.
+        record = latest.get(name) if args.table and name in EVALUATED else run_variant(args, name)
         if record is None:
             continue
         records.append(record)

@@ -205,10 +205,30 @@ def test_fast_without_label_smoothing_is_the_fast_preset_less_label_smoothing():
     assert config == Config.from_preset("fast", label_smoothing=0.0, data="d", progress=False)
 
 
+def test_fast_variant_is_read_from_its_committed_record_only_when_the_recipe_is_the_same(tmp_path):
+    """The ablation variant fast on the 8-epoch proxy is the recipe of results/fast-8ep, so its run
+    is that record; on another proxy length, or once the runs directory has its own run, it is not."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ablations import variant_dir
+
+    args = argparse.Namespace(runs_dir=str(tmp_path), data="d", epochs=8, max_lr=0.00266, train_samples=None, extra="")
+    assert variant_dir(args, "fast") == REPO / "results" / "fast-8ep"
+    assert variant_dir(args, "fast+whiten") == tmp_path / "fast+whiten"
+    assert variant_dir(argparse.Namespace(**{**vars(args), "epochs": 6}), "fast") == tmp_path / "fast"
+    assert variant_dir(argparse.Namespace(**{**vars(args), "extra": "--width 8"}), "fast") == tmp_path / "fast"
+    (tmp_path / "fast").mkdir()
+    (tmp_path / "fast" / "config.json").write_text("{}")
+    assert variant_dir(args, "fast") == tmp_path / "fast"
+
+
 def test_readme_ablation_table_agrees_with_the_recorded_variants():
     """Every variant recorded in benchmarks/ablations.jsonl (its latest record) has a row in the
     ablation table of docs/ablations.md with its exact flags, its 8-epoch test accuracy and its
-    delta over the recorded baseline, so the table cannot drift from the measurements."""
+    delta over its reference (its baseline's record, or for a re-evaluation the same weights
+    evaluated the baseline's way), so the table cannot drift from the measurements."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from ablations import reference_of
+
     latest = {}
     for line in (REPO / "benchmarks" / "ablations.jsonl").read_text().splitlines():
         record = json.loads(line)
@@ -218,14 +238,14 @@ def test_readme_ablation_table_agrees_with_the_recorded_variants():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[2].rstrip("*").endswith("%"):
             rows[cells[1].strip("`")] = cells
-    baseline = latest["baseline"]["final_accuracy"] * 100
+    final = {name: record["final_accuracy"] for name, record in latest.items()}
     for name, record in latest.items():
         flags = " ".join(record["flags"])
         assert flags in rows, f"no docs/ablations.md row with flags {flags!r} ({name})"
         accuracy = record["final_accuracy"] * 100
         assert rows[flags][2].strip("*") == f"{accuracy:.2f}%", name
-        if name != "baseline":
-            assert rows[flags][3] == f"{accuracy - baseline:+.2f}", name
+        if name not in ("baseline", "fast"):
+            assert rows[flags][3] == f"{accuracy - 100 * reference_of(record, final):+.2f}", name
 
 
 @pytest.mark.slow
