@@ -47,7 +47,8 @@ import torch.nn.functional as F
 from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
 
 # Run as a script, this folder is on sys.path; the step timing lives beside it.
-from step_timing import BareStep, OurStep, TextbookStep, ceiling_warning, interleave, profile_shares, sync, textbook_loader
+from step_profile import profile_shares
+from step_timing import BareStep, OurStep, TextbookStep, ceiling_warning, interleave, sync, textbook_loader
 
 RESULTS = Path(__file__).with_name("results.jsonl")
 

@@ -110,7 +110,7 @@ def test_profile_categories_of_the_step_operators():
     """The operators of the step fall into the profile's categories by name; anything inside
     the optimizer region counts as optimizer."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from step_timing import categorize
+    from step_profile import categorize
 
     assert categorize("aten::mkldnn_convolution", False) == "conv_matmul"
     assert categorize("aten::convolution_backward", False) == "conv_matmul"
