@@ -163,7 +163,8 @@ def _stopped_in_epoch_2(command: list[str], run_dir, env: dict) -> None:
 @pytest.mark.slow
 def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_path):
     """benchmarks/ablations.py trains each variant once into its own run directory, evaluates
-    flip TTA from the baseline's weights, records each finished variant once, and prints a
+    flip TTA from the baseline's weights (beside their plain evaluation, the TTA delta's
+    reference), records each finished variant once, and prints a
     table whose deltas are differences to the baseline; a second call trains nothing; SIGTERM to
     the driver reaches training, which checkpoints, and the driver exits 75."""
     runs, results = tmp_path / "ablate", tmp_path / "ablations.jsonl"
@@ -177,6 +178,8 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert [r["variant"] for r in records] == ["baseline", "tta", "label_smoothing"]
     base, smooth = records[0], records[2]
+    # The re-evaluation's reference: the same weights without TTA, in the precision of the TTA figure.
+    assert (records[1]["reference_accuracy"], records[1]["precision"]) == (base["final_accuracy"], "no")
     assert json.loads((runs / "label_smoothing" / "config.json").read_text())["label_smoothing"] == 0.2
     assert json.loads((runs / "baseline" / "config.json").read_text())["peak_epoch"] == pytest.approx(2 * 5 / 24, abs=1e-4)
     rows = [line for line in first.stdout.splitlines() if line.startswith("| ")]
