@@ -6,7 +6,7 @@ skipped and an interrupted one resumed, so the table fills in across sessions. A
 committed record under ``results/`` is the very same recipe is read from there, not trained again
 (``RECORDED``). The TTA variants need no training: they re-evaluate another variant's weights
 (``EVALUATED``), beside that variant's own evaluation in the same precision, which is their delta's
-reference (``--eval-precision no`` where bf16 is not native: emulated bf16 is ~20x slower). The
+reference (``--eval-precision no`` where bf16 is not native: emulated, it is 12-16x slower). The
 ``fast+...`` variants add one lever each to ``--preset fast`` and are measured against it
 (``BASELINE_OF``); the others against the Adam reference. Every variant shares
 one peak LR (``--max-lr``, from the full-data range test) unless it sets its own, so a
