@@ -33,6 +33,7 @@ from pathlib import Path
 from resnet_ocp.config import Config
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, positive_int
 from resnet_ocp.export import HOUSEKEEPING, training_command
+from resnet_ocp.session import last_session
 
 # Run as a script, this folder is on sys.path.
 from training_job import launch_command, run_training
@@ -150,8 +151,7 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
     saved = json.loads((run_dir / "config.json").read_text())
     command = shlex.join(["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]])
     if run_dir == RECORDED.get(name):
-        sessions = json.loads((run_dir / "run.json").read_text())["sessions"] if (run_dir / "run.json").exists() else [None]
-        command = training_command(Config.from_dict(saved), sessions[-1])
+        command = training_command(Config.from_dict(saved), last_session(run_dir))
     return {"variant": name, "flags": VARIANTS[name], "final_accuracy": summary["final_accuracy"],
             "best_accuracy": summary["best_accuracy"], "seconds": summary["seconds"], "max_lr": saved["max_lr"],
             "run_dir": shown(run_dir), "command": command}
