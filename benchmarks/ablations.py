@@ -140,11 +140,13 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
         command = launch_command(args.config_file, run_dir, [*proxy_flags(args), *VARIANTS[name]])
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {shlex.join(command)}", flush=True)
         log = Path(args.runs_dir) / f"{name}.log"
-        status = run_training(command, log, run_dir)
-        if status == PREEMPTED_EXIT:
-            print(f"{name} stopped and checkpointed; run this command again to continue", file=sys.stderr)
-            raise SystemExit(status)
-        if status:
+        outcome = run_training(command, log, run_dir)
+        if outcome.stopped:
+            how = ("checkpointed inside its epoch" if outcome.status == PREEMPTED_EXIT
+                   else f"ended with status {outcome.status}; it resumes from its last checkpoint")
+            print(f"{name} stopped ({how}); the variants after it were not started; run this command again to continue", file=sys.stderr)
+            raise SystemExit(PREEMPTED_EXIT)
+        if outcome.status:
             print(f"{name} failed; see {log}", file=sys.stderr)
             return None
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from resnet_ocp.atomic import atomic_path
-from resnet_ocp.errors import OneLineParser, exit_with
+from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, exit_with
 from resnet_ocp.records import read_run, table_row
 
 # Run as a script, this folder is on sys.path.
@@ -71,10 +71,10 @@ def main(argv: list[str] | None = None) -> str:
         if not (run_dir / "summary.json").exists():
             command = launch_command(args.config_file, run_dir, [*flags, "--seed", str(seed)])
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {' '.join(command)}", flush=True)
-            status = run_training(command, log, run_dir)
-            if status:
-                print(f"seed {seed} stopped with exit status {status}; see {log}; run this command again to continue", file=sys.stderr)
-                raise SystemExit(status)
+            outcome = run_training(command, log, run_dir)
+            if outcome.status or outcome.stopped:
+                print(f"seed {seed} stopped with exit status {outcome.status}; see {log}; run this command again to continue", file=sys.stderr)
+                raise SystemExit(PREEMPTED_EXIT if outcome.stopped else outcome.status)
         finished.append(read_run(run_dir))
         if args.publish and publish(run_dir, log, Path(args.publish) / run_dir.name):
             print(f"published {run_dir} as {Path(args.publish) / run_dir.name}")
