@@ -29,6 +29,7 @@ TRAIN_DESCRIPTION = "Train the CIFAR-10 ResNet with One-Cycle through Accelerate
 COMMANDS = {
     "train": (None, "train (or --resume) a run; the default when no command is given"),
     "launch": ("resnet_ocp.launcher", "accelerate launch CONFIG with train's options, the config file checked first"),
+    "stop": ("resnet_ocp.stop", "stop a training run at its next optimizer step with a checkpoint, resumably"),
     "lr-find": (None, "the LR range test alone: train --lr-find-only (writes lr_finder.json/.png, prints the suggestion)"),
     "evaluate": ("resnet_ocp.evaluate", "the test accuracy of a finished run's weights, compared with its record"),
     "predict": ("resnet_ocp.predict", "top-k classes of image files, from a run directory, an exported folder or a Hub id"),
@@ -40,6 +41,7 @@ EXAMPLES = """examples:
   resnet-ocp train --data ../shared/data/cifar10 --preset sgd24
   resnet-ocp launch accelerate_configs/cpu_multi.yaml --data ../shared/data/cifar10
   accelerate launch --config_file accelerate_configs/cpu_fp32.yaml -m resnet_ocp.cli train --data ../shared/data/cifar10
+  resnet-ocp stop runs/20261202-101500
   resnet-ocp lr-find --data ../shared/data/cifar10 --output-dir runs/lr
   resnet-ocp evaluate results/sgd-24ep --data ../shared/data/cifar10
   resnet-ocp predict results/sgd-24ep/export cat.png dog.jpg --top-k 3

@@ -1,4 +1,4 @@
-"""The one console command: `resnet-ocp train | lr-find | evaluate | predict | report | export | records`,
+"""The one console command: `resnet-ocp train | launch | stop | lr-find | evaluate | predict | report | export | records`,
 each with --help and one-line errors, and `main(argv)` without a command still meaning train."""
 
 import json
@@ -9,11 +9,11 @@ import pytest
 from conftest import launch, tiny_args
 from resnet_ocp.cli import COMMANDS, main
 
-NAMES = ["train", "launch", "lr-find", "evaluate", "predict", "report", "export", "records"]
+NAMES = ["train", "launch", "stop", "lr-find", "evaluate", "predict", "report", "export", "records"]
 
 
 def test_overview_lists_every_command(capsys):
-    """`resnet-ocp --help` exits 0 and names each of the eight commands with its one-line summary."""
+    """`resnet-ocp --help` exits 0 and names each of the nine commands with its one-line summary."""
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     out = capsys.readouterr().out
@@ -32,7 +32,7 @@ def test_every_command_has_help(name, capsys):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["predcit", "m", "x.png"], "unknown command 'predcit'; choose one of train, launch, lr-find"),
+    (["predcit", "m", "x.png"], "unknown command 'predcit'; choose one of train, launch, stop, lr-find"),
     (["train", "--epochs", "0"], "--epochs must be >= 1"),
     (["lr-find", "--lr-find-iters", "5"], "--lr-find-iters must be at least 20"),
     (["evaluate"], "the following arguments are required: run_dir; see resnet-ocp evaluate --help"),
