@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, free_port, tiny_args
+from conftest import REPO, free_port, launch, tiny_args
 from resnet_ocp.cli import main
 
 
@@ -45,6 +45,24 @@ def test_stop_signals_nothing_when_the_run_trains_on_another_host(tmp_path, caps
         bystander.kill()
 
 
+def _stop_in_epoch_2(config: str, argv: list[str], run_dir, log) -> tuple[subprocess.CompletedProcess, int]:
+    """Launch ``train.py`` with ``config``, run ``resnet-ocp stop`` once its log shows epoch 2, and
+    return the stop command's result and the launcher's exit status."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
+           "--main_process_port", str(free_port()), str(REPO / "train.py"), *argv]
+    with open(log, "w") as out:
+        launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 240
+        while "Epoch 2/500" not in log.read_text() and launcher.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        stop = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "stop", str(run_dir)], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+        return stop, launcher.wait(timeout=60)
+    finally:
+        launcher.kill()
+
+
 @pytest.mark.slow
 def test_stop_checkpoints_a_one_process_launch_inside_a_step_longer_than_the_launchers_grace(tiny_data, cache_dir, tmp_path):
     """Under ``accelerate launch`` (one process), with 5-20 s optimizer steps (width 128, batch 100, one
@@ -55,20 +73,30 @@ def test_stop_checkpoints_a_one_process_launch_inside_a_step_longer_than_the_lau
     argv = tiny_args(tiny_data, cache_dir, run_dir)
     for flag, value in {"--width": "128", "--batch-size": "100", "--epochs": "500", "--peak-epoch": "100"}.items():
         argv[argv.index(flag) + 1] = value
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / "cpu_fp32.yaml"),
-           "--main_process_port", str(free_port()), str(REPO / "train.py"), *argv]
-    with open(log, "w") as out:
-        launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 240
-        while "Epoch 2/500" not in log.read_text() and launcher.poll() is None and time.time() < deadline:
-            time.sleep(0.2)
-        stop = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "stop", str(run_dir)], capture_output=True, text=True,
-                              timeout=300, cwd=REPO)
-        launcher.wait(timeout=60)
-    finally:
-        launcher.kill()
+    stop, status = _stop_in_epoch_2("cpu_fp32.yaml", argv, run_dir, log)
     assert stop.returncode == 0, stop.stderr + log.read_text()[-2000:]
     assert json.loads((run_dir / "preempted.json").read_text())["epoch"] == 2, log.read_text()[-2000:]
     assert f"stopped inside epoch 2 after its step 1; continue with --resume {run_dir}" in stop.stdout
-    assert (run_dir / "checkpoints" / "epoch_002_step_00001").is_dir()
+    assert (run_dir / "checkpoints" / "epoch_002_step_00001").is_dir() and status == 75
+
+
+@pytest.mark.slow
+def test_stop_reaches_every_process_of_a_two_process_launch_through_the_main_one(tiny_data, cache_dir, tmp_path):
+    """With two processes (cpu_multi.yaml), ``resnet-ocp stop`` signals only the main process (the
+    .lock's pid); the other stops at the same optimizer step, so the checkpoint inside the epoch
+    holds both processes' RNG states, and ``--resume`` with two processes finishes the run."""
+    run_dir, log = tmp_path / "run", tmp_path / "train.log"
+    argv = tiny_args(tiny_data, cache_dir, run_dir)
+    for flag, value in {"--batch-size": "40", "--epochs": "500", "--peak-epoch": "100"}.items():
+        argv[argv.index(flag) + 1] = value
+    stop, status = _stop_in_epoch_2("cpu_multi.yaml", argv, run_dir, log)
+    assert stop.returncode == 0 and status != 0, stop.stderr + log.read_text()[-2000:]
+    stopped = json.loads((run_dir / "preempted.json").read_text())
+    checkpoint = run_dir / "checkpoints" / f"epoch_{stopped['epoch']:03d}_step_{stopped['step_in_epoch']:05d}"
+    assert stopped["epoch"] >= 2 and sorted(p.name for p in checkpoint.glob("random_states_*")) == \
+        ["random_states_0.pkl", "random_states_1.pkl"], log.read_text()[-2000:]
+    assert f"stopped inside epoch {stopped['epoch']} after its step {stopped['step_in_epoch']}" in stop.stdout
+    resumed = launch("cpu_multi.yaml", ["--resume", str(run_dir), "--no-progress", "--stop-after-epoch", str(stopped["epoch"])])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert not (run_dir / "preempted.json").exists()
+    assert (run_dir / "checkpoints" / f"epoch_{stopped['epoch']:03d}").is_dir()
