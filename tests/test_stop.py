@@ -5,9 +5,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import suppress
 
 import pytest
 
@@ -51,7 +53,8 @@ def _stop_in_epoch_2(config: str, argv: list[str], run_dir, log) -> tuple[subpro
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "accelerate_configs" / config),
            "--main_process_port", str(free_port()), str(REPO / "train.py"), *argv]
     with open(log, "w") as out:
-        launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        launcher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                    start_new_session=True)
     try:
         deadline = time.time() + 240
         while "Epoch 2/500" not in log.read_text() and launcher.poll() is None and time.time() < deadline:
@@ -59,8 +62,9 @@ def _stop_in_epoch_2(config: str, argv: list[str], run_dir, log) -> tuple[subpro
         stop = subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "stop", str(run_dir)], capture_output=True, text=True,
                               timeout=300, cwd=REPO)
         return stop, launcher.wait(timeout=60)
-    finally:
-        launcher.kill()
+    finally:  # whatever happened, no process of the launch is left running
+        with suppress(ProcessLookupError):
+            os.killpg(launcher.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
