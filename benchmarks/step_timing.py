@@ -70,36 +70,42 @@ class BareStep:
 
 class OurStep:
     """(b) the real step: ``engine.train_one_epoch`` (cached images, index loader, device
-    augmentation, Accelerate-prepared model/optimizer/scheduler); one timed epoch of ``steps``
-    batches per call.
+    augmentation, Accelerate-prepared model/optimizer/scheduler, the weight averages) of the
+    network ``cfg`` describes; one timed epoch of ``steps`` batches per call.
 
     Args:
         accelerator: the run's Accelerator.
-        cfg: configuration (batch size, width, optimizer, augmentation).
+        cfg: configuration (batch size, network, optimizer, augmentation, averages).
         data: the loaded CIFAR-10 splits.
         steps: batches of one timed epoch.
         warmup: batches of the warm-up epoch.
         rounds: timed epochs that will be run (sizes the One-Cycle schedule, which refuses to
             step past its end).
+        label: the measurement's name in the results.
     """
 
-    label = "b"
-
-    def __init__(self, accelerator, cfg, data, steps: int, warmup: int, rounds: int):
+    def __init__(self, accelerator, cfg, data, steps: int, warmup: int, rounds: int, label: str = "b"):
+        from resnet_ocp.augment import normalize
         from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
         from resnet_ocp.engine import TrainingParts
         from resnet_ocp.inference import DeviceSplit
-        from resnet_ocp.model import CustomResNet
+        from resnet_ocp.model import count_parameters, for_config
         from resnet_ocp.schedule import build_one_cycle, build_optimizer
+        from resnet_ocp.trainer import attach_averages
+        from resnet_ocp.whitening import FIT_IMAGES
 
-        self.cfg, self.epoch = cfg, 0
+        self.cfg, self.epoch, self.label = cfg, 0, label
         per_process = cfg.batch_size // accelerator.num_processes
         n = max(steps, warmup, 1) * cfg.batch_size
         dev = accelerator.device
         split = DeviceSplit(data.train.images[:n].to(dev), data.train.labels[:n].to(dev),
                             torch.tensor(CIFAR10_MEAN, device=dev), torch.tensor(CIFAR10_STD, device=dev))
-        model = CustomResNet(width=cfg.width).to(memory_format=torch.channels_last)
+        model = for_config(cfg, 10).to(memory_format=torch.channels_last)
+        if model.whitening is not None:
+            model.whitening.fit(normalize(split.images[:FIT_IMAGES], split.mean, split.std))
+        self.trainable_parameters = count_parameters(model)
         opt = build_optimizer(model, cfg)
+        self.optimizer_groups = len(opt.param_groups)
         timed, _ = make_loaders(steps * cfg.batch_size, 10, per_process, 10, cfg.seed)
         warm, _ = make_loaders(max(warmup, 1) * cfg.batch_size, 10, per_process, 10, cfg.seed)
         model, opt, timed, warm = accelerator.prepare(model, opt, timed, warm)
@@ -108,7 +114,10 @@ class OurStep:
         sched = accelerator.prepare(build_one_cycle(opt.optimizer, cfg.replace(epochs=epochs, peak_epoch=epochs / 2), 1e-3,
                                                     steps * cfg.batch_size))
         self.parts = TrainingParts(accelerator, model, opt, timed, timed, split, split, scheduler=sched)
-        self.warm_parts = TrainingParts(accelerator, model, opt, warm, warm, split, split, scheduler=sched)
+        attach_averages(self.parts, cfg, epochs * steps)
+        self.warm_parts = TrainingParts(accelerator, model, opt, warm, warm, split, split, scheduler=sched,
+                                        ema=self.parts.ema, lookahead=self.parts.lookahead)
+        self.weight_averages = [name for name in ("ema", "lookahead") if getattr(self.parts, name) is not None]
         self.steps_done = 0
 
     def _epoch(self, parts) -> dict:

@@ -195,14 +195,26 @@ def attach_schedule(parts: TrainingParts, cfg: Config, run_dir: Path) -> None:
     accelerator.project_configuration.logging_dir = str(run_dir)
     hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in cfg.to_dict().items()}
     accelerator.init_trackers("tensorboard", config=hparams)
+    attach_averages(parts, cfg, cfg.epochs * steps_per_epoch(n_train, cfg.batch_size))
+
+
+def attach_averages(parts: TrainingParts, cfg: Config, total_steps: int) -> None:
+    """Give the parts the weight averages the configuration asks for (``--ema``, ``--lookahead``).
+
+    Args:
+        parts: the prepared training objects; ``ema`` and ``lookahead`` are set here.
+        cfg: the configuration.
+        total_steps: optimizer steps of the whole run (Lookahead's schedule).
+    """
+    model = parts.accelerator.unwrap_model(parts.model)
     if cfg.ema > 0:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
         # BN statistics are not averaged (averaged ones scored 32% where the live model scored 70%):
         # they are recomputed for the averaged weights before each evaluation, see recompute_bn_stats.
-        parts.ema = AveragedModel(accelerator.unwrap_model(parts.model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
+        parts.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=False)
     if cfg.lookahead:
-        parts.lookahead = Lookahead(accelerator.unwrap_model(parts.model), cfg.epochs * steps_per_epoch(n_train, cfg.batch_size))
+        parts.lookahead = Lookahead(model, total_steps)
 
 
 def restore(parts: TrainingParts, cfg: Config, run_dir: Path) -> Progress:

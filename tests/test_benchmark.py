@@ -4,6 +4,7 @@ seeds.py trains a recipe from several seeds and publishes them as records."""
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,6 +38,37 @@ def test_quick_benchmark_writes_a_complete_positive_record(tiny_data, cache_dir,
     assert sorted(printed) == ["(a)", "(b)", "(c)", "(d)", "(e)"]
     assert f"{record['bare_step_img_s']:10.1f} img/s" in printed["(a)"] and f"{record['our_step_img_s']:10.1f} img/s" in printed["(b)"]
     assert f"{record['train_gflop_per_image']:.3f} GFLOP per training image" in printed["(e)"]
+
+
+def test_lever_cost_times_each_variant_as_configured_interleaved(tiny_data, cache_dir, tmp_path):
+    """benchmarks/lever_cost.py on the tiny set: each variant's step is built from its own flags
+    (Lookahead and EMA attached, frozen batch-norm weights not trainable, the bias LR in a second
+    optimizer group), the runs go fast, v1, v2, fast, v1, v2, each median is of its runs, and the
+    cost column is fast's median over the variant's."""
+    import statistics
+
+    results = tmp_path / "lever_cost.jsonl"
+    only = ["fast", "fast+bn_frozen_bias_lr64", "fast+lookahead", "fast+ema", "fast+whiten", "fast+ghost_bn"]
+    args = ["--data", str(tiny_data), "--only", *only, "--steps", "1", "--repeats", "2", "--extra",
+            "--width 8 --batch-size 64", "--cache-dir", str(cache_dir), "--results", str(results)]
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "lever_cost.py"), *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(results.read_text().splitlines()[-1])
+    assert record["order"] == only * 2 and record["command"] == shlex.join(["lever_cost.py", *args])
+    rows = record["variants"]
+    assert list(rows) == only and all(row["batch_size"] == 64 for row in rows.values())
+    for name, row in rows.items():
+        assert len(row["runs_img_s"]) == 2 and row["median_img_s"] == statistics.median(row["runs_img_s"]) > 0, name
+        assert row["cost_over_fast"] == pytest.approx(rows["fast"]["median_img_s"] / row["median_img_s"]), name
+        assert f"{name:26} {row['median_img_s']:15.1f}" in proc.stdout, name
+    # width 8: every batch norm's 8-64 weights frozen; the bias group at 64x the LR is the second group.
+    frozen = rows["fast"]["trainable_parameters"] - rows["fast+bn_frozen_bias_lr64"]["trainable_parameters"]
+    assert frozen == 8 + 16 + 16 + 16 + 32 + 64 + 64 + 64
+    assert rows["fast+bn_frozen_bias_lr64"]["optimizer_groups"] == 2 and rows["fast"]["optimizer_groups"] == 1
+    assert rows["fast+whiten"]["trainable_parameters"] == rows["fast"]["trainable_parameters"]
+    assert {name: row["weight_averages"] for name, row in rows.items() if row["weight_averages"]} == {
+        "fast+lookahead": ["lookahead"], "fast+ema": ["ema"]}
 
 
 def test_interleaved_runs_are_recorded_with_their_medians_order_and_profile(tiny_data, cache_dir, tmp_path):
@@ -209,7 +241,6 @@ def test_fast_without_label_smoothing_is_the_fast_preset_less_label_smoothing():
     (Adam) peak LR, gives the config of --preset fast with label smoothing 0 and nothing else changed."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from ablations import VARIANTS, proxy_flags
-
     from resnet_ocp.cli import build_parser, resolve_config
     from resnet_ocp.config import Config
 

@@ -232,7 +232,6 @@ def test_each_lever_ablation_is_the_fast_preset_plus_that_lever_only():
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from ablations import BASELINE_OF, EVALUATED, VARIANTS, proxy_flags
-
     from resnet_ocp.cli import build_parser, resolve_config
 
     proxy = argparse.Namespace(data="d", epochs=8, max_lr=0.00266, train_samples=None, extra="")
