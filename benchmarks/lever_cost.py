@@ -48,6 +48,15 @@ def variant_config(name: str, extra: list[str]):
     return resolve_config(vars(build_parser().parse_args([*VARIANTS[name], *extra, "--no-progress"])))
 
 
+def _as_built(accelerator, parts) -> dict:
+    """What the step trains, to show the variant's flags reached it: trainable parameters,
+    optimizer groups and the weight averages' checkpoint files."""
+    from resnet_ocp.model import count_parameters
+
+    return {"trainable_parameters": count_parameters(accelerator.unwrap_model(parts.model)),
+            "optimizer_groups": len(parts.optimizer.param_groups), "weight_averages": sorted(parts.averages)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Measure the variants' training steps and append the record to ``--results``.
 
@@ -104,8 +113,7 @@ def measure(args, configs: dict, argv: list[str] | None) -> dict:
         "steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup, "extra": args.extra, "order": order,
         "variants": {name: {"flags": VARIANTS[name], "batch_size": configs[name].batch_size, "runs_img_s": rates[name],
                             "median_img_s": medians[name], "cost_over_fast": medians["fast"] / medians[name],
-                            "trainable_parameters": steps[name].trainable_parameters,
-                            "optimizer_groups": steps[name].optimizer_groups, "weight_averages": steps[name].weight_averages}
+                            **_as_built(accelerator, steps[name].parts)}
                      for name in configs},
     }
     if accelerator.is_main_process:

@@ -89,7 +89,7 @@ class OurStep:
         from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, make_loaders
         from resnet_ocp.engine import TrainingParts
         from resnet_ocp.inference import DeviceSplit
-        from resnet_ocp.model import count_parameters, for_config
+        from resnet_ocp.model import for_config
         from resnet_ocp.schedule import build_one_cycle, build_optimizer
         from resnet_ocp.trainer import attach_averages
         from resnet_ocp.whitening import FIT_IMAGES
@@ -103,9 +103,7 @@ class OurStep:
         model = for_config(cfg, 10).to(memory_format=torch.channels_last)
         if model.whitening is not None:
             model.whitening.fit(normalize(split.images[:FIT_IMAGES], split.mean, split.std))
-        self.trainable_parameters = count_parameters(model)
         opt = build_optimizer(model, cfg)
-        self.optimizer_groups = len(opt.param_groups)
         timed, _ = make_loaders(steps * cfg.batch_size, 10, per_process, 10, cfg.seed)
         warm, _ = make_loaders(max(warmup, 1) * cfg.batch_size, 10, per_process, 10, cfg.seed)
         model, opt, timed, warm = accelerator.prepare(model, opt, timed, warm)
@@ -117,7 +115,6 @@ class OurStep:
         attach_averages(self.parts, cfg, epochs * steps)
         self.warm_parts = TrainingParts(accelerator, model, opt, warm, warm, split, split, scheduler=sched,
                                         ema=self.parts.ema, lookahead=self.parts.lookahead)
-        self.weight_averages = [name for name in ("ema", "lookahead") if getattr(self.parts, name) is not None]
         self.steps_done = 0
 
     def _epoch(self, parts) -> dict:

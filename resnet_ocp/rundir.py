@@ -92,6 +92,25 @@ def _lock(run_dir: Path):
     return handle, None
 
 
+def lock_holder(run_dir: Path) -> tuple[int, str] | None:
+    """The ``(pid, host)`` of the process holding ``run_dir``'s lock, or None when no run holds it.
+
+    Args:
+        run_dir: a run directory.
+    """
+    try:
+        handle = open(run_dir / LOCK_FILE)
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            words = handle.read().split()  # "pid 1234 on host", as _lock writes it
+            return (int(words[1]), words[3]) if len(words) == 4 and words[1].isdigit() else (0, "")
+        return None
+
+
 def write_steps(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Write all of ``steps.csv`` atomically (small: about 2,400 rows for 24 epochs).
 

@@ -9,7 +9,6 @@ stop at the same step (``preemption.StopRequest`` reduces the request across the
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
@@ -19,26 +18,7 @@ from pathlib import Path
 
 from resnet_ocp.errors import OneLineParser, exit_with
 from resnet_ocp.preemption import PREEMPTED_FILE
-from resnet_ocp.rundir import LOCK_FILE
-
-
-def lock_holder(run_dir: Path) -> tuple[int, str] | None:
-    """The ``(pid, host)`` of the process holding ``run_dir``'s lock, or None when no run holds it.
-
-    Args:
-        run_dir: a run directory.
-    """
-    try:
-        handle = open(run_dir / LOCK_FILE)
-    except FileNotFoundError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            words = handle.read().split()  # "pid 1234 on host"
-            return (int(words[1]), words[3]) if len(words) == 4 and words[1].isdigit() else (0, "")
-        return None
+from resnet_ocp.rundir import lock_holder
 
 
 def stop_run(run_dir: Path, wait: float) -> dict:

@@ -68,7 +68,7 @@ def test_lever_cost_times_each_variant_as_configured_interleaved(tiny_data, cach
     assert rows["fast+bn_frozen_bias_lr64"]["optimizer_groups"] == 2 and rows["fast"]["optimizer_groups"] == 1
     assert rows["fast+whiten"]["trainable_parameters"] == rows["fast"]["trainable_parameters"]
     assert {name: row["weight_averages"] for name, row in rows.items() if row["weight_averages"]} == {
-        "fast+lookahead": ["lookahead"], "fast+ema": ["ema"]}
+        "fast+lookahead": ["lookahead.safetensors"], "fast+ema": ["ema.safetensors"]}
 
 
 def test_interleaved_runs_are_recorded_with_their_medians_order_and_profile(tiny_data, cache_dir, tmp_path):
