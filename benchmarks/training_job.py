@@ -18,6 +18,7 @@ from pathlib import Path
 import psutil
 
 from resnet_ocp.errors import PREEMPTED_EXIT
+from resnet_ocp.preemption import PREEMPTED_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,10 @@ class Outcome:
     Args:
         status: its exit status: 75 (``PREEMPTED_EXIT``) when it was stopped and checkpointed
             inside its epoch (``preempted.json``), 0 when it finished.
-        stopped: whether the driver was asked to stop (SIGTERM/SIGINT) while it ran; the driver
-            then ends, whatever the status, instead of starting its next run.
+        stopped: whether a stop was asked while it ran: SIGTERM/SIGINT to the driver, or a
+            signal to ``train.py`` itself (``resnet-ocp stop``), which leaves a fresh
+            ``preempted.json``; the driver then ends, whatever the status, instead of starting
+            its next run.
     """
 
     status: int
@@ -65,6 +68,7 @@ def run_training(command: list[str], log: Path, run_dir: Path) -> Outcome:
         log: the file the run's output is appended to.
         run_dir: the run's directory, where a stopped run leaves ``preempted.json``.
     """
+    started = time.time()
     with open(log, "a") as out:
         child = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         signalled = []
@@ -84,7 +88,8 @@ def run_training(command: list[str], log: Path, run_dir: Path) -> Outcome:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-    if signalled and (run_dir / "preempted.json").exists():
+    preempted = run_dir / PREEMPTED_FILE
+    if preempted.exists() and preempted.stat().st_mtime >= started:  # not one that this run's resume consumed
         return Outcome(PREEMPTED_EXIT, True)
     return Outcome(status if status >= 0 else 128 - status, bool(signalled))
 

@@ -177,22 +177,28 @@ def test_training_flops_of_the_full_network():
     assert round(train_gflop_per_image(64), 3) == 2.272
 
 
-def _stopped_in_epoch_2(command: list[str], run_dir, env: dict) -> str:
-    """Start a benchmark driver, SIGTERM it once its run (``run_dir``, log beside it) is in epoch 2,
-    and check the run checkpointed inside that epoch, the driver exited 75 and no train.py was left
-    training; return the driver's output."""
+def _stopped_in_epoch_2(command: list[str], run_dir, env: dict, stop_the_run: bool = False) -> str:
+    """Start a benchmark driver, stop it once its run (``run_dir``, log beside it) is in epoch 2 (a
+    SIGTERM to the driver, or with ``stop_the_run`` ``resnet-ocp stop`` on the run), and check the run
+    checkpointed inside an epoch from 2 on, the driver exited 75 and no train.py was left training;
+    return the driver's output."""
+    log = run_dir.with_name(run_dir.name + ".log")
+    logged = len(log.read_text()) if log.exists() else 0
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    log, deadline = run_dir.with_name(run_dir.name + ".log"), time.time() + 240
-    while not (log.exists() and "Epoch 2/500" in log.read_text()) and time.time() < deadline:
+    deadline = time.time() + 240
+    while not (log.exists() and "Epoch 2/500" in log.read_text()[logged:]) and time.time() < deadline:
         time.sleep(0.2)
-    driver.send_signal(signal.SIGTERM)
+    if stop_the_run:
+        subprocess.run([sys.executable, "-m", "resnet_ocp.cli", "stop", str(run_dir), "--wait", "0"], check=True, timeout=60, cwd=REPO)
+    else:
+        driver.send_signal(signal.SIGTERM)
     try:
         out, err = driver.communicate(timeout=240)
     finally:  # whatever happened, nothing the driver started under the runs directory may keep training
         driver.kill()
         orphans = subprocess.run(["pkill", "-e", "-f", str(run_dir.parent)], capture_output=True, text=True).stdout
     assert driver.returncode == 75, err[-2000:]
-    assert json.loads((run_dir / "preempted.json").read_text())["epoch"] == 2, log.read_text()[-2000:]
+    assert json.loads((run_dir / "preempted.json").read_text())["epoch"] >= 2, log.read_text()[-2000:]
     assert "run this command again to continue" in err
     assert not orphans
     return out
@@ -233,6 +239,10 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     stop = [*cmd[:cmd.index("--epochs") + 1], "500", "--only", "ema", "adamw", *cmd[cmd.index("--results"):-1],
             f"--width 128 --batch-size 200 --eval-batch-size 100 --cache-dir {cache_dir}"]
     out = _stopped_in_epoch_2(stop, runs / "ema", env)
+    assert "adamw:" not in out and not (runs / "adamw").exists()
+    assert json.loads((runs / "ema" / "preempted.json").read_text())["epoch"] == 2
+    # Started again, it resumes ema; stopped through the run itself, the queue ends there too.
+    out = _stopped_in_epoch_2(stop, runs / "ema", env, stop_the_run=True)
     assert "adamw:" not in out and not (runs / "adamw").exists()
 
 
@@ -343,3 +353,4 @@ def test_seeds_driver_trains_each_seed_once_publishes_and_forwards_sigterm(tiny_
     assert (results / "tiny-seed0" / "model.safetensors").stat().st_mtime_ns == stamp
 
     _stopped_in_epoch_2([*cmd, "--seeds", "2", "--", *recipe, "--epochs", "500", "--peak-epoch", "1"], runs / "tiny-seed2", env)
+    assert json.loads((runs / "tiny-seed2" / "preempted.json").read_text())["epoch"] == 2
