@@ -4,7 +4,7 @@ Each seed trains in a real ``accelerate launch ... train.py`` process into ``RUN
 (the name ``resnet-ocp records`` groups by); a finished seed is skipped and an interrupted one
 resumed, so one command, started again after every interruption, finishes all of them. SIGTERM or
 SIGINT to this driver reaches the training process, which checkpoints inside its epoch; the
-driver then stops with status 75.
+driver then stops with status 75, as it does when ``resnet-ocp stop RUNS_DIR/NAME-seedN`` stopped the run.
 
     python benchmarks/seeds.py --name fast10 --seeds 0 1 2 --runs-dir ~/runs \\
         --config-file accelerate_configs/cpu_fp32.yaml -- --preset fast10 --data ../shared/data/cifar10
