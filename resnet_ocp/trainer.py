@@ -1,6 +1,7 @@
 """A whole run as a list of named phases: start, data, parts, peak LR, schedule, resume,
 epochs, finish. ``run`` reads as that list; each phase is a function that can be called and
-tested on its own. The run directory's files are described in ``resnet_ocp.rundir``.
+tested on its own (the last, ``finish``, lives in ``resnet_ocp.finish``). The run directory's
+files are described in ``resnet_ocp.rundir``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from resnet_ocp.config import Config
 from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, Cifar, load_cifar, make_loaders
 from resnet_ocp.engine import EpochPosition, TrainingParts, evaluate_parts, train_one_epoch
 from resnet_ocp.errors import RunError
+from resnet_ocp.finish import finish
 from resnet_ocp.inference import DeviceSplit, load_accuracy_metric
 from resnet_ocp.lookahead import Lookahead
 from resnet_ocp.lr_finder import LRFinderError, RangeTestResult, agreed_range_test
-from resnet_ocp.model import count_parameters, for_config, summary, weights_metadata
+from resnet_ocp.model import count_parameters, for_config, summary
 from resnet_ocp.preemption import PREEMPTED_FILE, StopRequest, stop_diverged, stop_inside_epoch
-from resnet_ocp.rundir import open_run_dir, read_steps, write_predictions, write_steps
+from resnet_ocp.rundir import open_run_dir, read_steps, write_steps
 from resnet_ocp.schedule import build_one_cycle, build_optimizer, steps_per_epoch
 from resnet_ocp.session import make_accelerator, record_session
 from resnet_ocp.whitening import FIT_IMAGES
@@ -287,50 +289,3 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
         write_json(run_dir / "history.json", progress.history)
     save_checkpoint(accelerator, run_dir, epoch, cfg.keep_checkpoints, averages=parts.averages)
     return test
-
-
-def finish(parts: TrainingParts, cfg: Config, run_dir: Path, test: dict, data: Cifar, history: list[dict]) -> None:
-    """Write the final predictions, summary and pictures, then the weights.
-
-    ``model.safetensors`` is written last: its presence marks a finished run, so a run killed
-    anywhere before it can still be resumed and finished.
-
-    Args:
-        parts: the prepared training objects.
-        cfg: the resolved configuration.
-        run_dir: the run directory.
-        test: the last test pass's result.
-        data: the loaded splits (for the pictures).
-        history: the run's epoch records.
-    """
-    from safetensors.torch import save_file
-
-    from resnet_ocp.atomic import atomic_path
-    from resnet_ocp.report import describe, make_report, summarize
-
-    accelerator = parts.accelerator
-    state = accelerator.get_state_dict(parts.evaluated_model)
-    if accelerator.is_main_process:
-        write_predictions(run_dir / "predictions.csv", test)
-        accelerator.print(describe(summarize(history)))
-        weights = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        model = for_config(cfg, len(data.classes))
-        model.load_state_dict(weights)
-        order = test["indices"].argsort()
-        # The last evaluation's predictions, not a second pass over the test set.
-        pictures = make_report(run_dir, data=data, predictions=(test["predictions"][order], test["confidences"][order]), model=model)
-        accelerator.print("pictures: " + ", ".join(p.name for p in pictures))
-        _log_picture(accelerator, run_dir / "misclassified.png", cfg.epochs)
-        with atomic_path(run_dir / "model.safetensors") as tmp:
-            save_file(weights, tmp, metadata=weights_metadata(data.classes))
-    accelerator.wait_for_everyone()
-
-
-def _log_picture(accelerator: Accelerator, path: Path, step: int) -> None:
-    """Put a PNG into TensorBoard's Images tab (main process)."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as img:
-        pixels = np.asarray(img.convert("RGB"))
-    accelerator.get_tracker("tensorboard").writer.add_image(path.stem, pixels, step, dataformats="HWC")
