@@ -17,7 +17,8 @@ difference is the lever's, not the LR finder's noise.
     python benchmarks/ablations.py ... --only fast fast+whiten fast+ghost_bn  # issue 18's levers
     python benchmarks/ablations.py ... --table                          # print the table of what finished
 
-Appends one JSON line per finished variant (once) to ``benchmarks/ablations.jsonl`` and prints a
+Appends one JSON line per finished variant (once, with its per-epoch test accuracy and the machine
+and precision it trained on) to ``benchmarks/ablations.jsonl`` and prints a
 Markdown table (variant, flags, final and best test accuracy, delta to its baseline, command).
 """
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from resnet_ocp.config import Config
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, positive_int
 from resnet_ocp.export import HOUSEKEEPING, training_command
+from resnet_ocp.records import read_run
 from resnet_ocp.session import last_session
 
 # Run as a script, this folder is on sys.path.
@@ -154,8 +156,11 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
     command = shlex.join(["accelerate", "launch", "--config_file", args.config_file, "train.py", *proxy_flags(args), *VARIANTS[name]])
     if run_dir == RECORDED.get(name):
         command = training_command(Config.from_dict(saved), last_session(run_dir))
+    # Run directories live outside the repository and go with their machine: the record keeps the curve and where it ran.
+    history = json.loads((run_dir / "history.json").read_text())
     return {"variant": name, "flags": VARIANTS[name], "final_accuracy": summary["final_accuracy"],
             "best_accuracy": summary["best_accuracy"], "seconds": summary["seconds"], "max_lr": saved["max_lr"],
+            "test_accuracy_by_epoch": [round(h["test_accuracy"], 4) for h in history], "machine": read_run(run_dir).machine,
             "run_dir": shown(run_dir), "command": command}
 
 

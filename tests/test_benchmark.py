@@ -208,7 +208,8 @@ def _stopped_in_epoch_2(command: list[str], run_dir, env: dict, stop_the_run: bo
 def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_path):
     """benchmarks/ablations.py trains each variant once into its own run directory, evaluates
     flip TTA from the baseline's weights (beside their plain evaluation, the TTA delta's
-    reference), records each finished variant once, and prints a
+    reference), records each finished variant once (a trained one with its per-epoch test
+accuracy and its machine and precision), and prints a
     table whose deltas are differences to the baseline; a second call trains nothing; SIGTERM to
     the driver reaches training, which checkpoints, and the driver exits 75."""
     runs, results = tmp_path / "ablate", tmp_path / "ablations.jsonl"
@@ -225,6 +226,11 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     # The re-evaluation's reference: the same weights without TTA, in the precision of the TTA figure.
     assert (records[1]["reference_accuracy"], records[1]["precision"]) == (base["final_accuracy"], "no")
     assert json.loads((runs / "label_smoothing" / "config.json").read_text())["label_smoothing"] == 0.2
+    # A trained variant's record keeps its curve and its machine, which go when the run directory does.
+    history = json.loads((runs / "label_smoothing" / "history.json").read_text())
+    assert smooth["test_accuracy_by_epoch"] == [round(h["test_accuracy"], 4) for h in history] and len(history) == 2
+    assert smooth["test_accuracy_by_epoch"][-1] == pytest.approx(smooth["final_accuracy"], abs=1e-4)
+    assert smooth["machine"].endswith(", fp32") and "test_accuracy_by_epoch" not in records[1]
     assert json.loads((runs / "baseline" / "config.json").read_text())["peak_epoch"] == pytest.approx(2 * 5 / 24, abs=1e-4)
     rows = [line for line in first.stdout.splitlines() if line.startswith("| ")]
     assert len(rows) == 4 and rows[3].startswith("| label_smoothing |")
