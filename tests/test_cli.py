@@ -108,6 +108,20 @@ def test_readme_records_table_is_the_one_the_committed_runs_give():
     assert "\n".join(readme[start:end]) == records_table(REPO / "results")
 
 
+def test_readme_names_the_versions_the_records_ran_with():
+    """The versions the README's records sentence names ("torch X, accelerate Y") are exactly the
+    ones in the committed records' run.json sessions, so a record made with another version shows."""
+    import re
+
+    sentence = next(line for line in (REPO / "README.md").read_text().splitlines() if line.startswith("Minutes count epochs"))
+    named = re.search(r"\(torch ([^,]+), accelerate ([^)]+)\)", sentence)
+    assert named, sentence
+    sessions = [s for run in sorted((REPO / "results").glob("*/run.json")) for s in json.loads(run.read_text())["sessions"]]
+    assert len(sessions) >= 10
+    assert {s["torch"].split("+")[0] for s in sessions} == set(named[1].split(" or "))
+    assert {s["accelerate"] for s in sessions} == set(named[2].split(" or "))
+
+
 def test_older_run_files_still_read():
     """A committed record's steps.csv (momentum column still named beta1) and config.json (beta1_*
     keys) load under today's names, with the values their files hold."""
