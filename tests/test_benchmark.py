@@ -209,7 +209,7 @@ def test_ablation_driver_trains_resumes_and_tabulates(tiny_data, cache_dir, tmp_
     """benchmarks/ablations.py trains each variant once into its own run directory, evaluates
     flip TTA from the baseline's weights (beside their plain evaluation, the TTA delta's
     reference), records each finished variant once (a trained one with its per-epoch test
-accuracy and its machine and precision), and prints a
+    accuracy and its machine and precision), and prints a
     table whose deltas are differences to the baseline; a second call trains nothing; SIGTERM to
     the driver reaches training, which checkpoints, and the driver exits 75."""
     runs, results = tmp_path / "ablate", tmp_path / "ablations.jsonl"
