@@ -100,6 +100,33 @@ def test_interleaved_runs_are_recorded_with_their_medians_order_and_profile(tiny
     assert "profile of (a)" in proc.stdout
 
 
+def test_ghost_bn_benchmark_times_the_networks_batch_norm_shapes(tmp_path):
+    """ghost_bn.py times ghost and plain batch norm at exactly the shapes and counts of the
+    network's eight batch norms (taken here from the model itself), every timing positive, and
+    records the step's extra time as the counted sum of the differences."""
+    import torch
+
+    from resnet_ocp.model import CustomResNet
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import ghost_bn
+
+    seen = []
+    model = CustomResNet()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_pre_hook(lambda _, args: seen.append((args[0].shape[1], args[0].shape[2])))
+    model(torch.randn(1, 3, 32, 32))
+    assert sorted(seen) == sorted((c, side) for c, side, count in ghost_bn.SHAPES for _ in range(count))
+    results = tmp_path / "ghost_bn.jsonl"
+    record = ghost_bn.main(["--batch", "64", "--repeats", "2", "--results", str(results)])
+    assert json.loads(results.read_text().splitlines()[-1]) == record
+    assert [r["shape"] for r in record["layers"]] == [[64, c, side, side] for c, side, _ in ghost_bn.SHAPES]
+    assert all(len(r["ghost_runs_ms"]) == 2 and min(r["ghost_runs_ms"] + r["plain_runs_ms"]) > 0 for r in record["layers"])
+    assert record["extra_ms_per_step"] == pytest.approx(sum(r["count"] * (r["ghost_ms"] - r["plain_ms"]) for r in record["layers"]))
+    assert record["cpu_name"] and record["code"] and record["threads"] >= 1 and record["ghost_batch"] == 32
+
+
 def test_interleave_warms_every_measurement_alike_then_alternates():
     """Each measurement gets the same warm-up steps once, then the runs alternate a, b, c per
     round, each run timing ``steps`` steps; the rates come back per label in run order."""

@@ -65,30 +65,43 @@ def test_whitened_network_keeps_its_filters_through_save_and_load(tmp_path):
     assert torch.equal(again(x), model(x))
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
 @pytest.mark.parametrize("n", [96, 80])
-def test_ghost_batch_norm_normalises_each_sub_batch_on_its_own(n):
+def test_ghost_batch_norm_normalises_each_sub_batch_on_its_own(n, layout):
     """In training, ghost BN equals plain BN applied to each sub-batch of 32: images k, k+s,
-    k+2s, ... of a batch of s x 32 (96), consecutive chunks of one that is not a multiple (80);
-    its running statistics move by momentum towards the mean of the sub-batches' statistics, and
-    it keeps the input's memory format; in eval mode it is plain BN on the running statistics."""
+    k+2s, ... of a batch of s x 32 (96), consecutive chunks of one that is not a multiple (80),
+    gradients included; its running statistics move by momentum towards the mean of the
+    sub-batches' statistics, and it keeps the input's memory format (channels_last or NCHW); in
+    eval mode it is plain BN on the running statistics."""
     torch.manual_seed(0)
     ghost = GhostBatchNorm2d(4, 32, momentum=0.1)
     ghost.bias.data.uniform_()
-    x = (torch.randn(n, 4, 5, 5) * 3 + 1).contiguous(memory_format=torch.channels_last)
+    ghost.weight.data.uniform_(0.5, 1.5)
+    x = (torch.randn(n, 4, 5, 5) * 3 + 1).contiguous(memory_format=layout).requires_grad_()
+    grad = torch.randn(n, 4, 5, 5)
     out = ghost(x)
+    out.backward(grad)
     s = n // 32
     index = torch.arange(n).view(32, s).T.reshape(-1) if n % 32 == 0 else torch.arange(n)
-    subs = x[index].split(32)
-    expected = torch.cat([F.batch_norm(c, None, None, ghost.weight, ghost.bias, True, 0.0, ghost.eps) for c in subs])
+    x_ref = x.detach().clone().requires_grad_()
+    weight, bias = ghost.weight.detach().clone().requires_grad_(), ghost.bias.detach().clone().requires_grad_()
+    subs = x_ref[index].split(32)
+    expected = torch.cat([F.batch_norm(c, None, None, weight, bias, True, 0.0, ghost.eps) for c in subs])
+    expected.backward(grad[index])
     assert torch.allclose(out[index], expected, atol=1e-5)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(x.grad, x_ref.grad, atol=1e-5)
+    assert torch.allclose(ghost.weight.grad, weight.grad, atol=1e-4) and torch.allclose(ghost.bias.grad, bias.grad, atol=1e-4)
+    assert out.is_contiguous(memory_format=layout)
+    out = out.detach()
     assert not torch.allclose(out, F.batch_norm(x, None, None, ghost.weight, ghost.bias, True, 0.0, ghost.eps), atol=1e-3)
+    subs = [c.detach() for c in subs]
     means = torch.stack([c.mean((0, 2, 3)) for c in subs]).mean(0)
     variances = torch.stack([c.var((0, 2, 3)) for c in subs]).mean(0)
     assert torch.allclose(ghost.running_mean, 0.1 * means, atol=1e-5)
     assert torch.allclose(ghost.running_var, 0.9 + 0.1 * variances, atol=1e-5)
     ghost.eval()
-    assert torch.allclose(ghost(x), F.batch_norm(x, ghost.running_mean, ghost.running_var, ghost.weight, ghost.bias, False), atol=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(ghost(x), F.batch_norm(x, ghost.running_mean, ghost.running_var, ghost.weight, ghost.bias, False), atol=1e-6)
 
 
 def test_ghost_batch_norm_supports_torch_update_bn():
