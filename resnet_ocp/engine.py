@@ -98,6 +98,90 @@ class EpochPosition:
         return cls(**values)
 
 
+class EpochLog:
+    """What one process records while an epoch trains, on the device until the epoch ends: the
+    (LR, momentum) each optimizer step applied, each step's loss (the mean over its micro-batches)
+    and the running sums behind the epoch's train loss and accuracy.
+
+    Args:
+        start: where a stopped epoch is continued from, or None for a fresh epoch.
+        rank: this process's index (its own running sums are taken from ``start``).
+        device: where the sums live.
+    """
+
+    def __init__(self, start: EpochPosition | None, rank: int, device: torch.device) -> None:
+        self.start = start
+        self.done = start.steps if start else 0
+        self.loss_sum = torch.tensor(start.loss_sums[rank] if start else 0.0, device=device)
+        self.correct = torch.tensor(int(start.corrects[rank]) if start else 0, device=device, dtype=torch.long)
+        self.seen = torch.tensor(int(start.seens[rank]) if start else 0, device=device, dtype=torch.long)
+        self.applied: list[tuple[float, float]] = []
+        self.step_losses: list[torch.Tensor] = []
+        self.micro_losses: list[torch.Tensor] = []
+        self.stopped = self.diverged = False
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps of the epoch so far, those before a stop included."""
+        return self.done + len(self.step_losses)
+
+    def add_micro_batch(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Count one micro-batch's detached loss and correct predictions (no host sync)."""
+        self.micro_losses.append(loss)
+        self.loss_sum += loss * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def end_step(self) -> None:
+        """Close an optimizer step: its loss is the mean of its micro-batches' losses."""
+        self.step_losses.append(torch.stack(self.micro_losses).mean())
+        self.micro_losses = []
+
+    def check(self, stop: StopRequest | None) -> bool:
+        """Ask the stop request about the step just closed; True when the epoch ends here."""
+        if stop is not None:
+            self.stopped, self.diverged = stop.check(self.step_losses[-1])
+        return self.stopped or self.diverged
+
+    def description(self) -> str:
+        """The progress bar's line; reads the device, so it is called every ``log_every`` steps."""
+        return (f"Train: Loss={self.step_losses[-1].item():.4f} Batch_id={self.steps - 1} "
+                f"Accuracy={100 * self.correct.item() / max(self.seen.item(), 1):.2f} LR={self.applied[-1][0]:.6f}")
+
+    def result(self, accelerator: Accelerator, cfg: Config, epoch: int, step_offset: int, n_train: int, begin: float) -> dict:
+        """``train_one_epoch``'s result (see there), its seconds counted from ``begin``
+        (``time.perf_counter``); gathers over processes, so every process calls it."""
+        # One gather per epoch: per-step losses averaged over processes.
+        losses = accelerator.gather(torch.stack(self.step_losses)[None]).mean(0).tolist() if self.step_losses else []
+        seconds = time.perf_counter() - begin + (self.start.seconds if self.start else 0.0)
+        rows = (self.start.rows if self.start else []) + [
+            {"step": step_offset + self.done + k + 1, "epoch": epoch,
+             "samples": samples_after(self.done + k + 1, epoch, n_train, cfg.batch_size),
+             "lr": lr, "momentum": momentum, "loss": loss_value}
+            for k, ((lr, momentum), loss_value) in enumerate(zip(self.applied, losses))
+        ]
+        if self.diverged:
+            return {"diverged": True, "rows": rows}
+        sums = torch.stack([self.loss_sum, self.correct.float(), self.seen.float()])
+        if self.stopped:
+            per_process = accelerator.gather(sums[None]).tolist()
+            position = EpochPosition(self.steps, rows, *(list(col) for col in zip(*per_process)), seconds)
+            return {"stopped": True, "position": position}
+        loss_sum, correct, seen = accelerator.reduce(sums, reduction="sum").tolist()
+        return {"loss": loss_sum / seen, "accuracy": correct / seen, "rows": rows, "lr": rows[-1]["lr"],
+                "seconds": seconds, "images_per_second": n_train / seconds}
+
+
+def after_optimizer_step(parts: TrainingParts, step: int) -> None:
+    """Advance what moves once per optimizer step, whatever the process count (see schedule.py):
+    the One-Cycle schedule, the EMA and Lookahead (``step`` is the run's optimizer step, from 1)."""
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update_parameters(parts.accelerator.unwrap_model(parts.model))
+    if parts.lookahead is not None:
+        parts.lookahead.step(parts.accelerator.unwrap_model(parts.model), step)
+
+
 def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: int, start: EpochPosition | None = None) -> dict:
     """Train for one epoch (or its rest), stepping the One-Cycle schedule once per optimizer step.
 
@@ -118,82 +202,34 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
     """
     accelerator, model, optimizer, loader, data = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
     model.train()
-    n_train = len(data.labels)
-    params = epoch_params(n_train, cfg.seed, epoch, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
+    params = epoch_params(len(data.labels), cfg.seed, epoch, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
     loader.set_epoch(epoch)
     begin = time.perf_counter()
-    device, rank = accelerator.device, accelerator.process_index
-    done = start.steps if start else 0
-    loss_sum = torch.tensor(start.loss_sums[rank] if start else 0.0, device=device)
-    correct = torch.tensor(int(start.corrects[rank]) if start else 0, device=device, dtype=torch.long)
-    seen = torch.tensor(int(start.seens[rank]) if start else 0, device=device, dtype=torch.long)
-    micro_losses: list[torch.Tensor] = []
-    step_losses: list[torch.Tensor] = []
-    applied: list[tuple[float, float]] = []
-    skip = done * accelerator.gradient_accumulation_steps
+    log = EpochLog(start, accelerator.process_index, accelerator.device)
+    skip = log.done * accelerator.gradient_accumulation_steps
     bar = tqdm(total=len(loader), initial=skip, disable=not (cfg.progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
-    stopped = diverged = False
     for i, idx in enumerate(loader):
         if i < skip:  # trained before the stop; its draws are keyed by sample, so skipping is exact
             continue
         with accelerator.accumulate(model):
             loss, logits = training_loss(model, data, params, idx, cfg)
-            y = data.labels[idx]
             accelerator.backward(loss)
             if accelerator.sync_gradients:
                 group = optimizer.param_groups[0]
-                applied.append((group["lr"], momentum_of(group)))
+                log.applied.append((group["lr"], momentum_of(group)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        detached = loss.detach()
-        micro_losses.append(detached)
-        loss_sum += detached * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
+        log.add_micro_batch(loss.detach(), logits, data.labels[idx])
         bar.update(1)
         if accelerator.sync_gradients:
-            # One scheduler step per optimizer step, whatever the process count (see schedule.py).
-            parts.scheduler.step()
-            if parts.ema is not None:
-                parts.ema.update_parameters(accelerator.unwrap_model(model))
-            if parts.lookahead is not None:
-                parts.lookahead.step(accelerator.unwrap_model(model), step_offset + done + len(step_losses) + 1)
-            step_losses.append(torch.stack(micro_losses).mean())
-            micro_losses = []
-            steps = done + len(step_losses)
-            if steps % cfg.log_every == 0 or steps * accelerator.gradient_accumulation_steps >= len(loader):
-                bar.set_description(
-                    f"Train: Loss={detached.item():.4f} Batch_id={steps - 1} "
-                    f"Accuracy={100 * correct.item() / max(seen.item(), 1):.2f} LR={applied[-1][0]:.6f}"
-                )
-            if parts.stop is not None:
-                stopped, diverged = parts.stop.check(step_losses[-1])
-                if stopped or diverged:
-                    break
+            log.end_step()
+            after_optimizer_step(parts, step_offset + log.steps)
+            if log.steps % cfg.log_every == 0 or log.steps * accelerator.gradient_accumulation_steps >= len(loader):
+                bar.set_description(log.description())
+            if log.check(parts.stop):
+                break
     bar.close()
-    # One gather per epoch: per-step losses averaged over processes.
-    losses = accelerator.gather(torch.stack(step_losses)[None]).mean(0).tolist() if step_losses else []
-    seconds = time.perf_counter() - begin + (start.seconds if start else 0.0)
-    rows = (start.rows if start else []) + [
-        {"step": step_offset + done + k + 1, "epoch": epoch, "samples": samples_after(done + k + 1, epoch, n_train, cfg.batch_size),
-         "lr": lr, "momentum": momentum, "loss": loss_value}
-        for k, ((lr, momentum), loss_value) in enumerate(zip(applied, losses))
-    ]
-    if diverged:
-        return {"diverged": True, "rows": rows}
-    if stopped:
-        sums = accelerator.gather(torch.stack([loss_sum, correct.float(), seen.float()])[None]).tolist()
-        position = EpochPosition(done + len(step_losses), rows, *(list(col) for col in zip(*sums)), seconds)
-        return {"stopped": True, "position": position}
-    totals = accelerator.reduce(torch.stack([loss_sum, correct.float(), seen.float()]), reduction="sum").tolist()
-    return {
-        "loss": totals[0] / totals[2],
-        "accuracy": totals[1] / totals[2],
-        "rows": rows,
-        "lr": rows[-1]["lr"],
-        "seconds": seconds,
-        "images_per_second": n_train / seconds,
-    }
+    return log.result(accelerator, cfg, epoch, step_offset, len(data.labels), begin)
 
 
 def evaluate_parts(parts: TrainingParts, cfg: Config, metric) -> tuple[dict, float]:
