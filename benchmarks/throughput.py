@@ -209,27 +209,39 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     if profile:
         record["profile"] = profile
     if accelerator.is_main_process:
-        n = f"median of {args.repeats}, range"
-        print(f"(a) bare step      {bare_img:10.1f} img/s   ({n} {_spread(rates['a'])})")
-        print(f"(b) our step       {ours:10.1f} img/s   ({n} {_spread(rates['b'])})   (b)/(a) = {record['ours_over_bare']:.3f}")
-        print(f"(c) textbook step  {textbook:10.1f} img/s   ({n} {_spread(rates['c'])})   (b)/(c) = {record['ours_over_textbook']:.2f}")
-        ratio = record["pipeline_ours_over_textbook"]
-        print(f"(d) pipelines      ours {pipe_ours:,.0f} img/s, textbook {pipe_textbook:,.0f} img/s, ratio {ratio:.1f}")
-        print(f"(e) limit          {gflop:.3f} GFLOP per training image; {record['matmul_dtype']} matmul {peak:,.0f} GFLOP/s -> "
-              f"{record['epoch_seconds_at_matmul_rate']:.0f} s per 50k-image epoch at that rate, ours {record['our_epoch_seconds']:.0f} s; "
-              f"(a) reaches {100 * record['bare_fraction_of_matmul']:.0f}%, (b) {100 * record['ours_fraction_of_matmul']:.0f}% of it")
-        warning = ceiling_warning(rates["a"], rates["b"])
-        if warning:
-            print(warning)
-        if profile:
-            shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in profile["shares"].items())
-            print(f"profile of (a)     {profile['wall_s_per_step']:.2f} s per step under the profiler: {shares}")
-        print(f"order {','.join(order)}; {args.warmup} warm-up steps each; peak memory {record['peak_memory_mb']:.0f} MB; "
-              f"mixed precision {accelerator.mixed_precision}; {record['threads']} threads; {env['cpu_name']} ({env['cpu_capability']})"
-              f"{'; with torch.compile' if args.compile else ''}")
+        print_figures(record)
         with open(args.results, "a") as f:
             f.write(json.dumps(record) + "\n")
     return record
+
+
+def print_figures(record: dict) -> None:
+    """Print a record's figures (a) to (e), the ceiling warning, the profile and the conditions.
+
+    Args:
+        record: what ``measure`` returns.
+    """
+    runs, r = record["runs_img_s"], record
+    n = f"median of {r['repeats']}, range"
+    print(f"(a) bare step      {r['bare_step_img_s']:10.1f} img/s   ({n} {_spread(runs['bare_step'])})")
+    print(f"(b) our step       {r['our_step_img_s']:10.1f} img/s   ({n} {_spread(runs['our_step'])})   (b)/(a) = {r['ours_over_bare']:.3f}")
+    print(f"(c) textbook step  {r['textbook_step_img_s']:10.1f} img/s   ({n} {_spread(runs['textbook_step'])})   "
+          f"(b)/(c) = {r['ours_over_textbook']:.2f}")
+    print(f"(d) pipelines      ours {r['our_pipeline_img_s']:,.0f} img/s, textbook {r['textbook_pipeline_img_s']:,.0f} img/s, "
+          f"ratio {r['pipeline_ours_over_textbook']:.1f}")
+    print(f"(e) limit          {r['train_gflop_per_image']:.3f} GFLOP per training image; {r['matmul_dtype']} matmul "
+          f"{r['matmul_gflop_s']:,.0f} GFLOP/s -> {r['epoch_seconds_at_matmul_rate']:.0f} s per 50k-image epoch at that rate, "
+          f"ours {r['our_epoch_seconds']:.0f} s; (a) reaches {100 * r['bare_fraction_of_matmul']:.0f}%, "
+          f"(b) {100 * r['ours_fraction_of_matmul']:.0f}% of it")
+    warning = ceiling_warning(runs["bare_step"], runs["our_step"])
+    if warning:
+        print(warning)
+    if "profile" in r:
+        shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["profile"]["shares"].items())
+        print(f"profile of (a)     {r['profile']['wall_s_per_step']:.2f} s per step under the profiler: {shares}")
+    print(f"order {','.join(r['order'])}; {r['warmup_steps']} warm-up steps each; peak memory {r['peak_memory_mb']:.0f} MB; "
+          f"mixed precision {r['mixed_precision']}; {r['threads']} threads; {r['cpu_name']} ({r['cpu_capability']})"
+          f"{'; with torch.compile' if r['compile'] else ''}")
 
 
 if __name__ == "__main__":
