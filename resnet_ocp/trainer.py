@@ -153,7 +153,7 @@ def find_peak_lr(parts: TrainingParts, cfg: Config, run_dir: Path) -> RangeTestR
     accelerator = parts.accelerator
     found = agreed_range_test(parts, cfg)
     if accelerator.is_main_process:
-        from resnet_ocp.report import plot_lr_finder
+        from resnet_ocp.plots import plot_lr_finder
 
         write_json(run_dir / "lr_finder.json", found.to_dict())
         plot_lr_finder(found.to_dict(), run_dir / "lr_finder.png")

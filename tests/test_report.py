@@ -84,7 +84,7 @@ def test_grad_cam_is_the_class_weighted_feature_map():
 
 def test_schedule_plot_names_the_optimizer_momentum():
     """The schedule picture's momentum curve is labelled by what it is: Adam's or AdamW's beta1, or SGD's momentum."""
-    from resnet_ocp.report import momentum_name
+    from resnet_ocp.plots import momentum_name
 
     assert [momentum_name(o) for o in ("adam", "adamw", "sgd")] == ["Adam beta1", "AdamW beta1", "SGD momentum"]
 
