@@ -123,53 +123,70 @@ def range_test(parts: TrainingParts, cfg: Config, *, beta: float = 0.98, diverge
     """
     from tqdm.auto import tqdm
 
-    accelerator, model, optimizer, loader, data = parts.accelerator, parts.model, parts.optimizer, parts.train_loader, parts.train_split
-    start_lr, end_lr, num_iter = cfg.lr_find_start, cfg.lr_find_end, cfg.lr_find_iters
-    saved = _snapshot(accelerator, model, optimizer)
-    params = epoch_params(len(data.labels), cfg.seed, FINDER_EPOCH, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
+    accelerator = parts.accelerator
+    saved = _snapshot(accelerator, parts.model, parts.optimizer)
+    params = epoch_params(len(parts.train_split.labels), cfg.seed, FINDER_EPOCH, cfg.crop_padding, cfg.cutout, cfg.flip).to(accelerator.device)
+    batches = _endless(parts.train_loader, FINDER_EPOCH)
     lrs, losses, smoothed = [], [], []
     avg, best = 0.0, math.inf
-    epoch, batches = FINDER_EPOCH, iter(())
-    model.train()
-    bar = tqdm(total=num_iter, desc="LR range test", disable=not (cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
+    parts.model.train()
+    bar = tqdm(total=cfg.lr_find_iters, desc="LR range test", disable=not (cfg.progress and accelerator.is_local_main_process), dynamic_ncols=True)
     try:
-        for i in range(num_iter):
-            frac = i / (num_iter - 1)
-            lr = start_lr * (end_lr / start_lr) ** frac if cfg.lr_find_mode == "exp" else start_lr + (end_lr - start_lr) * frac
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            step_loss = torch.zeros((), device=accelerator.device)
-            for _ in range(accelerator.gradient_accumulation_steps):
-                idx = next(batches, None)
-                if idx is None:
-                    loader.set_epoch(epoch)
-                    epoch += 1
-                    batches = iter(loader)
-                    idx = next(batches)
-                loss, _ = training_loss(model, data, params, idx, cfg)
-                accelerator.backward(loss)  # divides by the accumulation steps itself
-                step_loss += loss.detach() / accelerator.gradient_accumulation_steps
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            value = accelerator.reduce(step_loss, reduction="mean").item()
-            lrs.append(lr)
-            losses.append(value)
-            avg = beta * avg + (1 - beta) * value
-            smooth = avg / (1 - beta ** (i + 1))
-            smoothed.append(smooth)
+        for i in range(cfg.lr_find_iters):
+            lrs.append(sweep_lr(cfg, i))
+            losses.append(_step_at(parts, cfg, params, batches, lrs[-1]))
+            avg = beta * avg + (1 - beta) * losses[-1]
+            smoothed.append(avg / (1 - beta ** (i + 1)))
             bar.update(1)
-            bar.set_postfix(lr=f"{lr:.2e}", loss=f"{smooth:.3f}")
-            if not math.isfinite(smooth) or smooth > diverge_factor * best:
+            bar.set_postfix(lr=f"{lrs[-1]:.2e}", loss=f"{smoothed[-1]:.3f}")
+            if not math.isfinite(smoothed[-1]) or smoothed[-1] > diverge_factor * best:
                 break
-            best = min(best, smooth)
+            best = min(best, smoothed[-1])
     finally:
         bar.close()
-        _restore(accelerator, model, optimizer, saved)
+        _restore(accelerator, parts.model, parts.optimizer, saved)
     suggestions = {r: suggest(lrs, smoothed, r)[0] for r in RULES}
     lr_value, message = suggest(lrs, smoothed, cfg.lr_find_rule)
-    settings = {"start_lr": start_lr, "end_lr": end_lr, "num_iter": num_iter, "mode": cfg.lr_find_mode, "beta": beta,
+    settings = {"start_lr": cfg.lr_find_start, "end_lr": cfg.lr_find_end, "num_iter": cfg.lr_find_iters, "mode": cfg.lr_find_mode, "beta": beta,
                 "diverge_factor": diverge_factor, "steps_run": len(lrs), "processes": accelerator.num_processes}
     return RangeTestResult(lrs, losses, smoothed, lr_value, cfg.lr_find_rule, message, settings, suggestions)
+
+
+def sweep_lr(cfg: Config, i: int) -> float:
+    """The LR of the range test's step ``i`` (from 0): geometric or linear from ``lr_find_start``
+    to ``lr_find_end`` over ``lr_find_iters`` steps.
+
+    Args:
+        cfg: the run configuration.
+        i: the step.
+    """
+    start, end, frac = cfg.lr_find_start, cfg.lr_find_end, i / (cfg.lr_find_iters - 1)
+    return start * (end / start) ** frac if cfg.lr_find_mode == "exp" else start + (end - start) * frac
+
+
+def _endless(loader, first_epoch: int):
+    """The loader's index batches, epoch after epoch from ``first_epoch``: a sweep may outlast an epoch."""
+    epoch = first_epoch
+    while True:
+        loader.set_epoch(epoch)
+        epoch += 1
+        yield from loader
+
+
+def _step_at(parts: TrainingParts, cfg: Config, params, batches, lr: float) -> float:
+    """One optimizer step at ``lr`` over one global batch, as in training (gradient accumulation
+    included); returns its loss averaged over processes, so every process sees the same value."""
+    accelerator, optimizer = parts.accelerator, parts.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    step_loss = torch.zeros((), device=accelerator.device)
+    for _ in range(accelerator.gradient_accumulation_steps):
+        loss, _ = training_loss(parts.model, parts.train_split, params, next(batches), cfg)
+        accelerator.backward(loss)  # divides by the accumulation steps itself
+        step_loss += loss.detach() / accelerator.gradient_accumulation_steps
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return accelerator.reduce(step_loss, reduction="mean").item()
 
 
 def _snapshot(accelerator, model, optimizer) -> dict:

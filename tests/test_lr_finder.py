@@ -11,7 +11,7 @@ import torch
 from conftest import TINY_RANGE_TEST, launch, tiny_args
 from resnet_ocp.cli import main
 from resnet_ocp.config import MIN_LR_FIND_ITERS, Config, ConfigError
-from resnet_ocp.lr_finder import range_test, suggest
+from resnet_ocp.lr_finder import range_test, suggest, sweep_lr
 
 
 def test_suggestion_lies_on_the_falling_part_of_the_curve(finished_run):
@@ -27,6 +27,18 @@ def test_suggestion_lies_on_the_falling_part_of_the_curve(finished_run):
     assert smooth[i + 1] < smooth[i - 1] < smooth[0]
     assert finished_run["max_lr"] == result["suggested_lr"]
     assert json.loads((run / "config.json").read_text())["max_lr"] == result["suggested_lr"]
+
+
+@pytest.mark.parametrize("mode", ["exp", "linear"])
+def test_sweep_runs_from_the_first_lr_to_the_last_in_even_steps(mode):
+    """The range test's LRs start at --lr-find-start, reach --lr-find-end exactly on the last of
+    --lr-find-iters steps, and rise by a constant ratio (exp) or a constant difference (linear)."""
+    cfg = Config(lr_find_start=1e-5, lr_find_end=0.5, lr_find_iters=30, lr_find_mode=mode)
+    lrs = [sweep_lr(cfg, i) for i in range(cfg.lr_find_iters)]
+    assert lrs[0] == pytest.approx(1e-5, rel=1e-12) and lrs[-1] == pytest.approx(0.5, rel=1e-12)
+    steps = [b / a for a, b in zip(lrs, lrs[1:])] if mode == "exp" else [b - a for a, b in zip(lrs, lrs[1:])]
+    expected = (0.5 / 1e-5) ** (1 / 29) if mode == "exp" else (0.5 - 1e-5) / 29
+    assert steps == pytest.approx([expected] * 29, rel=1e-9)
 
 
 def test_rules_on_a_synthetic_curve():
