@@ -48,11 +48,13 @@ class BlockOptions:
     bn_weight_freeze: bool = False
 
     def batch_norm(self, channels: int) -> nn.BatchNorm2d:
+        """A batch norm over ``channels`` as these options describe (ghost batch, momentum, frozen weight)."""
         bn = GhostBatchNorm2d(channels, self.ghost_batch, momentum=self.bn_momentum)
         bn.weight.requires_grad_(not self.bn_weight_freeze)
         return bn
 
     def act(self) -> nn.Module:
+        """The activation after each batch norm: ReLU, or CELU with ``celu_alpha``."""
         return nn.CELU(self.celu_alpha, inplace=True) if self.activation == "celu" else nn.ReLU(inplace=True)
 
 

@@ -27,6 +27,7 @@ from resnet_ocp.errors import RunError
 
 
 def has_accelerator_device() -> bool:
+    """Whether torch sees a GPU (or other accelerator) to train on; ``torch.accelerator`` is torch 2.6+."""
     if hasattr(torch, "accelerator"):
         return torch.accelerator.is_available()
     return torch.cuda.is_available()
