@@ -33,11 +33,11 @@ class BareStep:
     label = "a"
 
     def __init__(self, accelerator, cfg):
-        from resnet_ocp.model import CustomResNet
+        from resnet_ocp.model import CustomResNet, NetworkConfig
         from resnet_ocp.schedule import build_optimizer
 
         self.accelerator, self.batch = accelerator, cfg.batch_size
-        model = CustomResNet(width=cfg.width).to(memory_format=torch.channels_last)
+        model = CustomResNet(NetworkConfig(width=cfg.width)).to(memory_format=torch.channels_last)
         self.model, self.opt = accelerator.prepare(model, build_optimizer(model, cfg, lr=1e-3))
         dev = accelerator.device
         self.x = torch.randn(cfg.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=torch.channels_last)
@@ -187,10 +187,10 @@ class TextbookStep:
     label = "c"
 
     def __init__(self, cfg, data, steps: int, workers: int):
-        from resnet_ocp.model import CustomResNet
+        from resnet_ocp.model import CustomResNet, NetworkConfig
 
         self.batch = cfg.batch_size
-        self.model = CustomResNet(width=cfg.width)
+        self.model = CustomResNet(NetworkConfig(width=cfg.width))
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.loader = textbook_loader(data, (steps + 1) * cfg.batch_size, cfg.batch_size, workers, persistent=False)
 

@@ -63,9 +63,9 @@ def train_gflop_per_image(width: int) -> float:
     """GFLOP of forward + backward of one image (a multiply-add counts 2), from FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.model import CustomResNet, NetworkConfig
 
-    model = CustomResNet(width=width)
+    model = CustomResNet(NetworkConfig(width=width))
     x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
     with FlopCounterMode(display=False) as counter:
         F.cross_entropy(model(x), y).backward()

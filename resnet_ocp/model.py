@@ -13,7 +13,7 @@ builds the network from them, on the CPU, in eval mode.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -28,34 +28,95 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
-class BlockOptions:
-    """How every conv block is built (the training-only ones are left out of the saved config).
+class NetworkConfig:
+    """What a trained network is and how it is used: ``save_pretrained`` writes it as ``config.json``
+    and ``from_pretrained`` builds the network from it, so prediction needs nothing else.
 
     Args:
-        bn_momentum: momentum of the batch norms' running statistics (training only).
-        activation: "relu", or "celu" (Page's smoothed ReLU, ``celu_alpha``).
+        num_classes: size of the output layer.
+        width: channels of the prep layer; the stages use 2x, 4x and 8x this.
+        logit_scale: constant the FC output is multiplied by (no parameters). Page's ResNet
+            uses 0.125: the FC layer is the one layer batch norm does not normalise, and its
+            512 pooled features make an SGD step move the logits by roughly lr x 500 at scale 1
+            (our SGD range test diverged from LR 0.01 there).
+        mean: per-channel input mean, fractions of 255 (default: CIFAR-10's training set).
+        std: per-channel input standard deviation, fractions of 255.
+        class_names: the name of each output, in order (None: unnamed).
+        tta: whether the model is meant to be used with flip test-time augmentation (the mean
+            of the logits of an image and its mirror), as the run that trained it was tested;
+            ``forward`` ignores it.
+        tta_shift: with ``tta``, also average over the image translated by this many pixels
+            (0: flip only); ``forward`` ignores it.
+        activation: after every batch norm, "relu", or "celu" (Page's smoothed ReLU).
         celu_alpha: CELU's alpha; Page's 0.075 is close to a ReLU with a rounded corner.
-        ghost_batch: batch norms normalise training batches in sub-batches of this many images
-            (0: the whole batch; training only, evaluation uses the running statistics).
-        bn_weight_freeze: batch-norm weights stay at 1, untrained (biases still train): 2,240
-            fewer trainable parameters (training only).
+        whiten: a fixed patch-whitening convolution (``whitening.PatchWhitening``, 3 -> 27
+            channels) ahead of a 1x1 prep convolution (27 -> ``width``), in place of the 3x3 prep
+            convolution; same trainable count. Its filters are a buffer: ``fit_whitening``.
     """
 
-    bn_momentum: float = 0.1
+    num_classes: int = 10
+    width: int = 64
+    logit_scale: float = 1.0
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+    class_names: tuple[str, ...] | None = None
+    tta: bool = False
+    tta_shift: int = 0
     activation: str = "relu"
     celu_alpha: float = 0.075
-    ghost_batch: int = 0
-    bn_weight_freeze: bool = False
+    whiten: bool = False
 
-    def batch_norm(self, channels: int) -> nn.BatchNorm2d:
-        """A batch norm over ``channels`` as these options describe (ghost batch, momentum, frozen weight)."""
-        bn = GhostBatchNorm2d(channels, self.ghost_batch, momentum=self.bn_momentum)
-        bn.weight.requires_grad_(not self.bn_weight_freeze)
-        return bn
+    def __post_init__(self) -> None:
+        # config.json holds lists; tuples keep the frozen config hashable and comparable.
+        object.__setattr__(self, "mean", tuple(self.mean))
+        object.__setattr__(self, "std", tuple(self.std))
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(self.class_names))
+            if len(self.class_names) != self.num_classes:
+                raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    @classmethod
+    def from_json(cls, values: dict) -> NetworkConfig:
+        """The config a ``config.json`` holds; a key this version does not know is an error.
+
+        Args:
+            values: the file's object (older files lack the newer keys, which take their defaults).
+        """
+        unknown = sorted(set(values) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"config.json has keys this resnet_ocp does not know: {', '.join(unknown)}; upgrade resnet_ocp")
+        return cls(**values)
+
+    def as_json(self) -> dict:
+        """The config as ``config.json`` holds it (lists for tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def act(self) -> nn.Module:
         """The activation after each batch norm: ReLU, or CELU with ``celu_alpha``."""
         return nn.CELU(self.celu_alpha, inplace=True) if self.activation == "celu" else nn.ReLU(inplace=True)
+
+
+@dataclass(frozen=True)
+class BatchNormOptions:
+    """How the batch norms train; none of it changes a trained network, so none is saved.
+
+    Args:
+        momentum: momentum of the running statistics.
+        ghost_batch: normalise training batches in sub-batches of this many images (0: the
+            whole batch; evaluation uses the running statistics).
+        weight_freeze: weights stay at 1, untrained (biases still train): 2,240 fewer trainable
+            parameters at width 64.
+    """
+
+    momentum: float = 0.1
+    ghost_batch: int = 0
+    weight_freeze: bool = False
+
+    def make(self, channels: int) -> nn.BatchNorm2d:
+        """A batch norm over ``channels`` as these options describe."""
+        bn = GhostBatchNorm2d(channels, self.ghost_batch, momentum=self.momentum)
+        bn.weight.requires_grad_(not self.weight_freeze)
+        return bn
 
 
 class GhostBatchNorm2d(nn.BatchNorm2d):
@@ -112,20 +173,21 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
 class ConvBlock(nn.Sequential):
     """Convolution (3x3 unless given), optional 2x2 max-pool, batch norm, activation (pool before BN, as in the spec)."""
 
-    def __init__(self, c_in: int, c_out: int, pool: bool = False, opts: BlockOptions = BlockOptions(), kernel_size: int = 3) -> None:
+    def __init__(self, c_in: int, c_out: int, pool: bool = False, net: NetworkConfig = NetworkConfig(),
+                 norm: BatchNormOptions = BatchNormOptions(), kernel_size: int = 3) -> None:
         layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel_size=kernel_size, padding=kernel_size // 2, bias=False)]
         if pool:
             layers.append(nn.MaxPool2d(2))
-        layers += [opts.batch_norm(c_out), opts.act()]
+        layers += [norm.make(c_out), net.act()]
         super().__init__(*layers)
 
 
 class Residual(nn.Module):
     """Identity shortcut around two conv-BN-activation blocks: ``x + body(x)``."""
 
-    def __init__(self, channels: int, opts: BlockOptions = BlockOptions()) -> None:
+    def __init__(self, channels: int, net: NetworkConfig = NetworkConfig(), norm: BatchNormOptions = BatchNormOptions()) -> None:
         super().__init__()
-        self.body = nn.Sequential(ConvBlock(channels, channels, opts=opts), ConvBlock(channels, channels, opts=opts))
+        self.body = nn.Sequential(ConvBlock(channels, channels, net=net, norm=norm), ConvBlock(channels, channels, net=net, norm=norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -133,62 +195,33 @@ class Residual(nn.Module):
 
 class CustomResNet(nn.Module, PyTorchModelHubMixin, library_name="resnet-ocp", license="apache-2.0",
                    pipeline_tag="image-classification", tags=["image-classification", "cifar10"]):
-    """The mission network for 32x32 RGB inputs.
+    """The mission network for 32x32 RGB inputs: ``CustomResNet(NetworkConfig(width=8))``.
 
-    ``forward`` takes inputs already normalised with ``mean`` and ``std``; those, the class
-    names and ``tta`` ride along so that a saved model can be used for prediction alone
-    (``resnet_ocp.predict`` applies them).
+    ``forward`` takes inputs already normalised with ``config.mean`` and ``config.std``; those,
+    the class names and ``config.tta`` ride along so that a saved model can be used for
+    prediction alone (``resnet_ocp.predict`` applies them).
 
     Args:
-        num_classes: size of the output layer.
-        width: channels of the prep layer; the stages use 2x, 4x and 8x this.
-        bn_momentum: momentum of every batch norm's running statistics (training only, so not
-            part of the saved config).
-        logit_scale: constant the FC output is multiplied by (no parameters). Page's ResNet
-            uses 0.125: the FC layer is the one layer batch norm does not normalise, and its
-            512 pooled features make an SGD step move the logits by roughly lr x 500 at scale 1
-            (our SGD range test diverged from LR 0.01 there).
-        mean: per-channel input mean, fractions of 255 (default: CIFAR-10's training set).
-        std: per-channel input standard deviation, fractions of 255.
-        class_names: the name of each output, in order (None: unnamed).
-        tta: whether the model is meant to be used with flip test-time augmentation (the mean
-            of the logits of an image and its mirror), as the run that trained it was tested;
-            ``forward`` ignores it.
-        tta_shift: with ``tta``, also average over the image translated by this many pixels
-            (0: flip only); ``forward`` ignores it.
-        activation, celu_alpha: the activation after every batch norm ("relu" or "celu").
-        whiten: a fixed patch-whitening convolution (``whitening.PatchWhitening``, 3 -> 27
-            channels) ahead of a 1x1 prep convolution (27 -> ``width``), in place of the 3x3 prep
-            convolution; same trainable count. Its filters are a buffer: ``fit_whitening``.
-        ghost_batch, bn_weight_freeze: training-only batch-norm options (``BlockOptions``).
+        config: the network and how to use it (``NetworkConfig``; saved as ``config.json``).
+        norm: how the batch norms train (``BatchNormOptions``; not saved).
     """
 
-    def __init__(self, num_classes: int = 10, width: int = 64, bn_momentum: float = 0.1, logit_scale: float = 1.0, *,
-                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
-                 class_names: Sequence[str] | None = None, tta: bool = False, tta_shift: int = 0, activation: str = "relu",
-                 celu_alpha: float = 0.075, whiten: bool = False, ghost_batch: int = 0, bn_weight_freeze: bool = False) -> None:
+    def __init__(self, config: NetworkConfig = NetworkConfig(), norm: BatchNormOptions = BatchNormOptions()) -> None:
         super().__init__()
-        if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
-        self.logit_scale = logit_scale
-        self.mean, self.std = tuple(mean), tuple(std)
-        self.class_names = list(class_names) if class_names is not None else None
-        self.tta, self.tta_shift = tta, tta_shift
-        # What save_pretrained writes as config.json and from_pretrained passes back to __init__.
-        self._hub_mixin_config = {"num_classes": num_classes, "width": width, "logit_scale": logit_scale, "mean": list(self.mean),
-                                  "std": list(self.std), "class_names": self.class_names, "tta": tta, "tta_shift": tta_shift,
-                                  "activation": activation, "celu_alpha": celu_alpha, "whiten": whiten}
-        w, o = width, BlockOptions(bn_momentum, activation, celu_alpha, ghost_batch, bn_weight_freeze)
-        if whiten:
+        self.config = config
+        # What save_pretrained writes as config.json; from_pretrained reads it back in _from_pretrained.
+        self._hub_mixin_config = config.as_json()
+        w = config.width
+        if config.whiten:
             whitening = PatchWhitening(3)
-            self.prep = nn.Sequential(whitening, ConvBlock(whitening.out_channels, w, opts=o, kernel_size=1))
+            self.prep = nn.Sequential(whitening, ConvBlock(whitening.out_channels, w, net=config, norm=norm, kernel_size=1))
         else:
-            self.prep = ConvBlock(3, w, opts=o)
-        self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, opts=o), Residual(2 * w, o))
-        self.layer2 = ConvBlock(2 * w, 4 * w, pool=True, opts=o)
-        self.layer3 = nn.Sequential(ConvBlock(4 * w, 8 * w, pool=True, opts=o), Residual(8 * w, o))
+            self.prep = ConvBlock(3, w, net=config, norm=norm)
+        self.layer1 = nn.Sequential(ConvBlock(w, 2 * w, pool=True, net=config, norm=norm), Residual(2 * w, config, norm))
+        self.layer2 = ConvBlock(2 * w, 4 * w, pool=True, net=config, norm=norm)
+        self.layer3 = nn.Sequential(ConvBlock(4 * w, 8 * w, pool=True, net=config, norm=norm), Residual(8 * w, config, norm))
         self.pool = nn.MaxPool2d(4)
-        self.fc = nn.Linear(8 * w, num_classes)
+        self.fc = nn.Linear(8 * w, config.num_classes)
 
     @property
     def whitening(self) -> PatchWhitening | None:
@@ -201,7 +234,7 @@ class CustomResNet(nn.Module, PyTorchModelHubMixin, library_name="resnet-ocp", l
         return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1)) * self.logit_scale
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1)) * self.config.logit_scale
 
     def _save_pretrained(self, save_directory: Path) -> None:
         """Write the weights as train.py writes a run's ``model.safetensors`` (same tensors, same
@@ -209,17 +242,19 @@ class CustomResNet(nn.Module, PyTorchModelHubMixin, library_name="resnet-ocp", l
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(Path(save_directory) / WEIGHTS_FILE), metadata=weights_metadata(self.class_names or []))
+        save_file(state, str(Path(save_directory) / WEIGHTS_FILE), metadata=weights_metadata(self.config.class_names or []))
 
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision: str | None, cache_dir, force_download: bool, local_files_only: bool,
-                         token, **model_kwargs) -> CustomResNet:
-        """Build the network from its config and load every tensor (strictly: a missing or extra
-        tensor is an error, where the mixin's default would skip it silently), on the CPU."""
+                         token, config: dict | NetworkConfig | None = None, **model_kwargs) -> CustomResNet:
+        """Build the network from its config.json and load every tensor (strictly: a missing or
+        extra tensor is an error, where the mixin's default would skip it silently), on the CPU."""
         from huggingface_hub import hf_hub_download
         from safetensors.torch import load_model
 
-        model = cls(**model_kwargs)
+        if config is None:
+            raise FileNotFoundError(f"{model_id} has no config.json: save the network with save_pretrained or resnet-ocp export")
+        model = cls(config if isinstance(config, NetworkConfig) else NetworkConfig.from_json(config), **model_kwargs)
         if Path(model_id).is_dir():
             weights = Path(model_id) / WEIGHTS_FILE
         else:
@@ -248,9 +283,9 @@ def for_config(cfg, num_classes: int, class_names: Sequence[str] | None = None) 
         num_classes: size of the output layer.
         class_names: the output classes in order, if known.
     """
-    return CustomResNet(num_classes=num_classes, width=cfg.width, bn_momentum=cfg.bn_momentum, logit_scale=cfg.logit_scale,
-                        class_names=class_names, tta=cfg.tta, tta_shift=cfg.tta_shift, activation=cfg.activation,
-                        celu_alpha=cfg.celu_alpha, whiten=cfg.whiten, ghost_batch=cfg.ghost_batch, bn_weight_freeze=cfg.bn_weight_freeze)
+    net = NetworkConfig(num_classes=num_classes, width=cfg.width, logit_scale=cfg.logit_scale, class_names=class_names,
+                        tta=cfg.tta, tta_shift=cfg.tta_shift, activation=cfg.activation, celu_alpha=cfg.celu_alpha, whiten=cfg.whiten)
+    return CustomResNet(net, BatchNormOptions(cfg.bn_momentum, cfg.ghost_batch, cfg.bn_weight_freeze))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -134,12 +134,12 @@ def predict_images(model: CustomResNet, images: torch.Tensor, tta: bool | None =
     """
     model.eval()
     device = next(model.parameters()).device
-    mean, std = torch.tensor(model.mean, device=device), torch.tensor(model.std, device=device)
-    tta = model.tta if tta is None else tta
+    mean, std = torch.tensor(model.config.mean, device=device), torch.tensor(model.config.std, device=device)
+    tta = model.config.tta if tta is None else tta
     dtype = _AUTOCAST.get(precision)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         # channels_last: the layout training used, and oneDNN's and cuDNN's fast path.
-        return torch.cat([predict_logits(model, batch.to(device), mean, std, True, tta, model.tta_shift if tta else 0).softmax(1).cpu()
+        return torch.cat([predict_logits(model, batch.to(device), mean, std, True, tta, model.config.tta_shift if tta else 0).softmax(1).cpu()
                           for batch in images.split(batch_size)])
 
 
@@ -159,7 +159,7 @@ def iter_predictions(model: CustomResNet, files: list[str | os.PathLike], top_k:
         ``{"file", "top": [{"class", "index", "probability"}], "notes"}``, or ``{"file", "error"}``
         for a file that could not be read.
     """
-    names = model.class_names or [str(i) for i in range(model.fc.out_features)]
+    names = model.config.class_names or [str(i) for i in range(model.fc.out_features)]
     for start in range(0, len(files), batch_size):
         chunk, loaded = [], []
         for file in files[start:start + batch_size]:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.predic
     except UserError as exc:
         exit_with(exc)
     precision = inference_precision(recorded, device) if args.precision == "auto" else args.precision
-    tta = model.tta if args.tta is None else args.tta
+    tta = model.config.tta if args.tta is None else args.tta
     model = model.to(device).to(memory_format=torch.channels_last)
     print(f"{args.model} ({kind}, {model.fc.out_features} classes): {len(files)} file(s) on {device}, "
           f"{'fp32' if precision == 'no' else precision}, flip TTA {'on' if tta else 'off'}", file=sys.stderr)

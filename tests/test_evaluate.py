@@ -9,7 +9,7 @@ from conftest import REPO, reset_accelerate, tiny_args
 from resnet_ocp.cli import main
 from resnet_ocp.evaluate import main as evaluate_main
 from resnet_ocp.inference import predict_logits
-from resnet_ocp.model import CustomResNet
+from resnet_ocp.model import CustomResNet, NetworkConfig
 
 
 def test_saved_weights_reproduce_the_recorded_accuracy(finished_run, capsys):
@@ -38,7 +38,7 @@ def test_bf16_run_is_reproduced_in_bf16(tiny_data, cache_dir, tmp_path, monkeypa
 def test_flip_tta_averages_the_image_and_its_mirror():
     """--tta logits are the mean of the logits of x and of x mirrored left-right."""
     torch.manual_seed(0)
-    model = CustomResNet(width=8).eval()
+    model = CustomResNet(NetworkConfig(width=8)).eval()
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     mean, std = torch.zeros(3) + 0.5, torch.ones(3) * 0.25
     with torch.no_grad():

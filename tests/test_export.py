@@ -43,7 +43,7 @@ def test_exported_model_is_the_runs_network_bit_for_bit(finished_run, exported):
     assert all(torch.equal(a, b) for a, b in zip(original.state_dict().values(), loaded.state_dict().values(), strict=True))
     images = torch.from_numpy(make_images(np.arange(40) % 10, seed=9)).permute(0, 3, 1, 2).contiguous()
     assert torch.equal(evaluate.test_logits(loaded, images, cfg, cfg.tta), evaluate.test_logits(original, images, cfg, cfg.tta))
-    assert (loaded.class_names, loaded.tta, loaded.logit_scale) == (CLASSES, cfg.tta, cfg.logit_scale)
+    assert (list(loaded.config.class_names), loaded.config.tta, loaded.config.logit_scale) == (CLASSES, cfg.tta, cfg.logit_scale)
 
 
 def _card_command_config(card_text: str) -> Config:

@@ -16,7 +16,7 @@ from resnet_ocp.cli import main
 from resnet_ocp.config import Config, ConfigError
 from resnet_ocp.inference import predict_logits
 from resnet_ocp.lookahead import BASE_DECAY, EVERY, Lookahead
-from resnet_ocp.model import CustomResNet, GhostBatchNorm2d, count_parameters, for_config
+from resnet_ocp.model import BatchNormOptions, CustomResNet, GhostBatchNorm2d, NetworkConfig, count_parameters, for_config
 from resnet_ocp.schedule import build_one_cycle, build_optimizer
 from resnet_ocp.whitening import EIGEN_EPS, PatchWhitening, whitening_filters
 
@@ -26,8 +26,8 @@ SPEC = 6_573_130
 def test_every_lever_keeps_the_network_at_the_spec_count_except_frozen_bn_weights():
     """Whitening, ghost BN and CELU keep the 6,573,130 trainable parameters (the 1x1 prep conv
     has the 27 x 64 weights of the 3x3 one); frozen BN weights remove exactly their 2,240."""
-    assert count_parameters(CustomResNet(whiten=True, ghost_batch=32, activation="celu")) == SPEC
-    frozen = CustomResNet(bn_weight_freeze=True)
+    assert count_parameters(CustomResNet(NetworkConfig(whiten=True, activation="celu"), BatchNormOptions(ghost_batch=32))) == SPEC
+    frozen = CustomResNet(norm=BatchNormOptions(weight_freeze=True))
     bn_weights = sum(m.weight.numel() for m in frozen.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert bn_weights == 2_240 and count_parameters(frozen) == SPEC - 2_240
     assert sum(p.numel() for p in frozen.parameters()) == SPEC
@@ -55,7 +55,7 @@ def test_whitening_filters_decorrelate_the_patches_they_were_fitted_on():
 def test_whitened_network_keeps_its_filters_through_save_and_load(tmp_path):
     """The whitening filters are a buffer: save_pretrained/from_pretrained carry them and the
     whiten flag, and the reloaded network gives the same logits."""
-    model = CustomResNet(width=8, whiten=True, activation="celu", celu_alpha=0.3).eval()
+    model = CustomResNet(NetworkConfig(width=8, whiten=True, activation="celu", celu_alpha=0.3)).eval()
     model.whitening.fit(torch.randn(20, 3, 32, 32))
     model.save_pretrained(tmp_path)
     again = CustomResNet.from_pretrained(tmp_path)
@@ -172,7 +172,7 @@ def test_shifted_tta_averages_flips_and_diagonal_shifts():
     """With --tta-shift s the logits are half the flip mean and half the flip means of the image
     shifted by s pixels up-left and down-right (reflect-padded), as airbench's TTA."""
     torch.manual_seed(0)
-    model = CustomResNet(width=4).eval()
+    model = CustomResNet(NetworkConfig(width=4)).eval()
     images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     mean, std = torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)
     x = (images.float() / 255 - 0.5) / 0.25
@@ -231,7 +231,7 @@ def test_a_run_with_every_lever_trains_checkpoints_and_resumes_exactly(tiny_data
     assert "(103,954 parameters, width 8; 103,674 of them trained, the batch-norm weights frozen at 1)" in card
     assert "shifted 1 pixel(s) diagonally each way" in card and "--whiten" in card
     loaded = CustomResNet.from_pretrained(exported)
-    assert (loaded.tta_shift, loaded.whitening is not None, type(loaded.layer2[-1]).__name__) == (1, True, "CELU")
+    assert (loaded.config.tta_shift, loaded.whitening is not None, type(loaded.layer2[-1]).__name__) == (1, True, "CELU")
 
 
 def test_each_lever_ablation_is_the_fast_preset_plus_that_lever_only():

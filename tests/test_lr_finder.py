@@ -77,7 +77,7 @@ def _prepared_parts(tiny_data, cache_dir, scaler=None):
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD, load_cifar, make_loaders
     from resnet_ocp.engine import TrainingParts
     from resnet_ocp.inference import DeviceSplit
-    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.model import CustomResNet, NetworkConfig
     from resnet_ocp.schedule import build_optimizer
 
     acc = Accelerator(cpu=True)
@@ -85,7 +85,7 @@ def _prepared_parts(tiny_data, cache_dir, scaler=None):
     data = load_cifar(str(tiny_data), str(cache_dir))
     split = DeviceSplit(data.train.images, data.train.labels, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))
     torch.manual_seed(0)
-    model = CustomResNet(width=8)
+    model = CustomResNet(NetworkConfig(width=8))
     loader, _ = make_loaders(200, 100, 20, 50, seed=0)
     model, opt, loader = acc.prepare(model, build_optimizer(model, Config(), lr=1e-3), loader)
     return TrainingParts(acc, model, opt, loader, loader, split, split)

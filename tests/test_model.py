@@ -2,7 +2,7 @@
 
 import torch
 
-from resnet_ocp.model import CustomResNet, Residual, count_parameters, summary
+from resnet_ocp.model import BatchNormOptions, CustomResNet, NetworkConfig, Residual, count_parameters, summary
 
 
 def test_parameter_count_is_exactly_the_spec():
@@ -44,7 +44,7 @@ def test_residual_blocks_add_their_input():
 def test_channels_last_and_bf16_autocast_agree_with_fp32():
     """channels_last + bf16 autocast give the same shapes and nearly the same logits as fp32."""
     torch.manual_seed(0)
-    model = CustomResNet(width=16).eval()
+    model = CustomResNet(NetworkConfig(width=16)).eval()
     x = torch.randn(4, 3, 32, 32)
     ref = model(x)
     model_cl = model.to(memory_format=torch.channels_last)
@@ -57,7 +57,7 @@ def test_channels_last_and_bf16_autocast_agree_with_fp32():
 
 def test_width_scales_every_stage():
     """A narrow network (tests use width 8) keeps the same structure."""
-    model = CustomResNet(width=8)
+    model = CustomResNet(NetworkConfig(width=8))
     assert model.fc.in_features == 64
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
@@ -67,7 +67,7 @@ def test_logit_scale_multiplies_the_output_and_adds_no_parameters():
     count at 6,573,130 and the predictions (argmax) unchanged for the same weights."""
     torch.manual_seed(0)
     plain = CustomResNet().eval()
-    scaled = CustomResNet(logit_scale=0.125).eval()
+    scaled = CustomResNet(NetworkConfig(logit_scale=0.125)).eval()
     scaled.load_state_dict(plain.state_dict())
     assert count_parameters(scaled) == 6_573_130
     x = torch.randn(4, 3, 32, 32)
@@ -77,10 +77,10 @@ def test_logit_scale_multiplies_the_output_and_adds_no_parameters():
     assert torch.equal(a.argmax(1), b.argmax(1))
 
 
-def _trained_looking(width: int = 8, **kwargs) -> CustomResNet:
+def _trained_looking(width: int = 8, norm: BatchNormOptions | None = None, **config) -> CustomResNet:
     """A small network with random weights and non-default batch-norm statistics, in eval mode."""
     torch.manual_seed(0)
-    model = CustomResNet(width=width, **kwargs)
+    model = CustomResNet(NetworkConfig(width=width, **config), norm or BatchNormOptions())
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -98,7 +98,8 @@ def test_save_pretrained_and_from_pretrained_give_the_same_network(tmp_path):
     from resnet_ocp.model import CustomResNet as Net
 
     names = [f"c{i}" for i in range(10)]
-    model = _trained_looking(logit_scale=0.125, class_names=names, tta=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), bn_momentum=0.01)
+    model = _trained_looking(logit_scale=0.125, class_names=names, tta=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3),
+                             norm=BatchNormOptions(momentum=0.01))
     model.save_pretrained(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((tmp_path / "config.json").read_text())
@@ -106,7 +107,8 @@ def test_save_pretrained_and_from_pretrained_give_the_same_network(tmp_path):
                       "class_names": names, "tta": True, "tta_shift": 0, "activation": "relu", "celu_alpha": 0.075, "whiten": False}
     loaded = Net.from_pretrained(tmp_path)
     assert not loaded.training and next(loaded.parameters()).device.type == "cpu"
-    assert (loaded.class_names, loaded.tta, loaded.mean, loaded.std, loaded.logit_scale) == (names, True, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), 0.125)
+    assert loaded.config == NetworkConfig(width=8, logit_scale=0.125, class_names=names, tta=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    assert loaded.config.class_names == tuple(names)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
@@ -134,5 +136,25 @@ def test_default_construction_is_unchanged():
     from resnet_ocp.data import CIFAR10_MEAN, CIFAR10_STD
 
     model = CustomResNet()
-    assert (model.fc.out_features, model.prep[0].out_channels, model.logit_scale) == (10, 64, 1.0)
-    assert (model.mean, model.std, model.class_names, model.tta) == (CIFAR10_MEAN, CIFAR10_STD, None, False)
+    assert (model.fc.out_features, model.prep[0].out_channels, model.config.logit_scale) == (10, 64, 1.0)
+    assert (model.config.mean, model.config.std, model.config.class_names, model.config.tta) == (CIFAR10_MEAN, CIFAR10_STD, None, False)
+
+
+def test_config_json_from_an_older_version_loads_and_an_unknown_key_is_refused(tmp_path):
+    """A config.json written before a key existed (the published sgd-24ep export has no
+    tta_shift, activation or whiten) builds the network with that key's default; a key this
+    version does not know is one error naming it, not a silently different network."""
+    import json
+
+    import pytest
+
+    from conftest import REPO
+
+    old = CustomResNet.from_pretrained(REPO / "results/sgd-24ep/export")
+    assert (old.config.tta_shift, old.config.activation, old.config.whiten, old.config.logit_scale) == (0, "relu", False, 0.125)
+    model = _trained_looking()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "depth": 18}))
+    with pytest.raises(ValueError, match="keys this resnet_ocp does not know: depth"):
+        CustomResNet.from_pretrained(tmp_path)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from resnet_ocp.model import CustomResNet
+from resnet_ocp.model import CustomResNet, NetworkConfig
 from resnet_ocp.report import confusion, describe, grad_cam, summarize
 from resnet_ocp.report import main as report_main
 
@@ -42,7 +42,7 @@ def test_misclassified_grid_holds_only_misclassified_samples(finished_run, tiny_
     run = Path(finished_run["run_dir"])
     shown = json.loads((run / "misclassified.json").read_text())["indices"]
     data = load_cifar(str(tiny_data), str(cache_dir))
-    model = CustomResNet(width=8).eval()
+    model = CustomResNet(NetworkConfig(width=8)).eval()
     model.load_state_dict(load_file(str(run / "model.safetensors")))
     with torch.no_grad():
         pred = model(normalize(data.test.images, torch.tensor(CIFAR10_MEAN), torch.tensor(CIFAR10_STD))).argmax(1)
@@ -66,7 +66,7 @@ def test_grad_cam_is_the_class_weighted_feature_map():
     the input and scaled to peak at 1 (all zero where no cell has positive evidence), one per
     image and per requested class."""
     torch.manual_seed(0)
-    model = CustomResNet(width=8, logit_scale=0.5).eval()
+    model = CustomResNet(NetworkConfig(width=8, logit_scale=0.5)).eval()
     x, target = torch.randn(3, 3, 32, 32), torch.tensor([1, 2, 3])
     cam = grad_cam(model, x, target)
     with torch.no_grad():

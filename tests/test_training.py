@@ -241,10 +241,10 @@ def test_recomputed_bn_stats_are_those_of_the_given_images():
 
     from resnet_ocp.augment import normalize
     from resnet_ocp.inference import DeviceSplit, recompute_bn_stats
-    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.model import BatchNormOptions, CustomResNet, NetworkConfig
 
     torch.manual_seed(0)
-    model = CustomResNet(width=8, bn_momentum=0.3)
+    model = CustomResNet(NetworkConfig(width=8), BatchNormOptions(momentum=0.3))
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in bns:  # stale statistics, as an average of other weights' buffers would be
         m.running_mean.fill_(3.0)
@@ -265,9 +265,9 @@ def test_recomputed_bn_stats_are_those_of_the_given_images():
 
 def test_bn_momentum_reaches_every_batch_norm():
     """--bn-momentum sets the running-statistics momentum of all eight batch norms."""
-    from resnet_ocp.model import CustomResNet
+    from resnet_ocp.model import BatchNormOptions, CustomResNet, NetworkConfig
 
-    bns = [m for m in CustomResNet(width=8, bn_momentum=0.4).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    bns = [m for m in CustomResNet(NetworkConfig(width=8), BatchNormOptions(momentum=0.4)).modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 8 and {m.momentum for m in bns} == {0.4}
 
 
