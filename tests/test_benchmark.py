@@ -385,5 +385,8 @@ def test_seeds_driver_trains_each_seed_once_publishes_and_forwards_sigterm(tiny_
     assert again.stdout.strip().splitlines()[-1] == row
     assert (results / "tiny-seed0" / "model.safetensors").stat().st_mtime_ns == stamp
 
+    # A tiny epoch here lasts well under a second, so the signal may land in epoch 3 (CI saw it):
+    # the property is that the stop checkpoints where preempted.json says, not which epoch that is.
     _stopped_in_epoch_2([*cmd, "--seeds", "2", "--", *recipe, "--epochs", "500", "--peak-epoch", "1"], runs / "tiny-seed2", env)
-    assert json.loads((runs / "tiny-seed2" / "preempted.json").read_text())["epoch"] == 2
+    stopped = json.loads((runs / "tiny-seed2" / "preempted.json").read_text())
+    assert (runs / "tiny-seed2" / "checkpoints" / f"epoch_{stopped['epoch']:03d}_step_{stopped['step_in_epoch']:05d}").is_dir()
