@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from resnet_ocp.model import GhostBatchNorm2d
+from resnet_ocp.batchnorm import GhostBatchNorm2d
 from resnet_ocp.session import cpu_identity
 
 RESULTS = Path(__file__).with_name("ghost_bn.jsonl")

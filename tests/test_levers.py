@@ -12,11 +12,12 @@ import torch.nn.functional as F
 
 from conftest import tiny_args
 from resnet_ocp.augment import random_crop
+from resnet_ocp.batchnorm import BatchNormOptions, GhostBatchNorm2d
 from resnet_ocp.cli import main
 from resnet_ocp.config import Config, ConfigError
 from resnet_ocp.inference import predict_logits
 from resnet_ocp.lookahead import BASE_DECAY, EVERY, Lookahead
-from resnet_ocp.model import BatchNormOptions, CustomResNet, GhostBatchNorm2d, NetworkConfig, count_parameters, for_config
+from resnet_ocp.model import CustomResNet, NetworkConfig, count_parameters, for_config
 from resnet_ocp.schedule import build_one_cycle, build_optimizer
 from resnet_ocp.whitening import EIGEN_EPS, PatchWhitening, whitening_filters
 

@@ -2,7 +2,8 @@
 
 import torch
 
-from resnet_ocp.model import BatchNormOptions, CustomResNet, NetworkConfig, Residual, count_parameters, summary
+from resnet_ocp.batchnorm import BatchNormOptions
+from resnet_ocp.model import CustomResNet, NetworkConfig, Residual, count_parameters, summary
 
 
 def test_parameter_count_is_exactly_the_spec():

@@ -240,8 +240,9 @@ def test_recomputed_bn_stats_are_those_of_the_given_images():
     import copy
 
     from resnet_ocp.augment import normalize
+    from resnet_ocp.batchnorm import BatchNormOptions
     from resnet_ocp.inference import DeviceSplit, recompute_bn_stats
-    from resnet_ocp.model import BatchNormOptions, CustomResNet, NetworkConfig
+    from resnet_ocp.model import CustomResNet, NetworkConfig
 
     torch.manual_seed(0)
     model = CustomResNet(NetworkConfig(width=8), BatchNormOptions(momentum=0.3))
@@ -265,7 +266,8 @@ def test_recomputed_bn_stats_are_those_of_the_given_images():
 
 def test_bn_momentum_reaches_every_batch_norm():
     """--bn-momentum sets the running-statistics momentum of all eight batch norms."""
-    from resnet_ocp.model import BatchNormOptions, CustomResNet, NetworkConfig
+    from resnet_ocp.batchnorm import BatchNormOptions
+    from resnet_ocp.model import CustomResNet, NetworkConfig
 
     bns = [m for m in CustomResNet(NetworkConfig(width=8), BatchNormOptions(momentum=0.4)).modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert len(bns) == 8 and {m.momentum for m in bns} == {0.4}
