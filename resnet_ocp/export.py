@@ -59,8 +59,6 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int, tra
         parameters: the network's parameters.
         trained: how many of them the run trained, where fewer (``--bn-weight-freeze``).
     """
-    from huggingface_hub import EvalResult, ModelCardData
-
     from resnet_ocp.report import summarize
     from resnet_ocp.session import last_session, machine_words
 
@@ -69,19 +67,11 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int, tra
     session = last_session(run_dir)
     accuracy, images = summary["final_accuracy"], history[-1].get("test_samples") or 10_000
     where, precision = machine_words(session) if session else ("an unrecorded machine", "fp32")
-    data = ModelCardData(
-        library_name="resnet-ocp", license="apache-2.0", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],
-        metrics=["accuracy"], tags=["image-classification", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin"], model_name=model_name,
-        eval_results=[EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type="uoft-cs/cifar10",
-                                 dataset_name="CIFAR-10", dataset_split="test", metric_type="accuracy", metric_name="Test accuracy",
-                                 metric_value=accuracy)],
-    )
     reached = ", ".join(f"{100 * float(t):.0f}% at epoch {hit['epoch']}" for t, hit in summary["first_reached"].items() if hit)
-    per_class = read_json(run_dir / "per_class_accuracy.json") if (run_dir / "per_class_accuracy.json").exists() else {}
     lr_note = " The peak LR is the one the LR range test chose (lr_finder.json); leave out `--max-lr` to run the test again." if (
         (run_dir / "lr_finder.json").exists()) else ""
     lines = [
-        f"---\n{data.to_yaml()}\n---", "", f"# {model_name}", "",
+        f"---\n{_card_metadata(model_name, accuracy)}\n---", "", f"# {model_name}", "",
         "A CIFAR-10 classifier trained with the open-source project resnet_ocp (Python package `resnet-ocp`): the ResNet "
         f"`C1-(C2+Res)-C3-(C4+Res)-MaxPool-FC` ({parameters:,} parameters, width {cfg.width}{_trained_words(parameters, trained)}) "
         "trained with the One-Cycle policy through Hugging Face Accelerate.", "",
@@ -101,13 +91,34 @@ def model_card(run_dir: Path, cfg: Config, model_name: str, parameters: int, tra
         "![Learning rate and momentum as the optimizer applied them](schedule.png)", "",
         "![Loss and accuracy per epoch](curves.png)", "",
     ]
-    if per_class:
-        lines += ["## Accuracy per class", "", "| class | test accuracy |", "|---|---|"]
-        lines += [f"| {name} | {100 * acc:.1f}% |" for name, acc in per_class.items()] + [""]
-    lines += ["## Limitations", "",
-              "Ten CIFAR-10 classes only, learned from 32x32 photos of centred objects: `resnet-ocp predict` centre-crops "
-              "and shrinks larger images to 32x32, and photos unlike CIFAR-10's get less than the test accuracy above.", ""]
-    return "\n".join(lines)
+    return "\n".join(lines + _per_class_section(run_dir) + _LIMITATIONS)
+
+
+_LIMITATIONS = ["## Limitations", "",
+                "Ten CIFAR-10 classes only, learned from 32x32 photos of centred objects: `resnet-ocp predict` centre-crops "
+                "and shrinks larger images to 32x32, and photos unlike CIFAR-10's get less than the test accuracy above.", ""]
+
+
+def _card_metadata(model_name: str, accuracy: float) -> str:
+    """The card's Hub metadata as YAML: library, licence, task, dataset and the test accuracy as a model-index."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    return ModelCardData(
+        library_name="resnet-ocp", license="apache-2.0", pipeline_tag="image-classification", datasets=["uoft-cs/cifar10"],
+        metrics=["accuracy"], tags=["image-classification", "cifar10", "pytorch_model_hub_mixin", "model_hub_mixin"], model_name=model_name,
+        eval_results=[EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type="uoft-cs/cifar10",
+                                 dataset_name="CIFAR-10", dataset_split="test", metric_type="accuracy", metric_name="Test accuracy",
+                                 metric_value=accuracy)],
+    ).to_yaml()
+
+
+def _per_class_section(run_dir: Path) -> list[str]:
+    """A table of per-class test accuracy, where the run wrote per_class_accuracy.json (else nothing)."""
+    path = run_dir / "per_class_accuracy.json"
+    if not path.exists():
+        return []
+    rows = [f"| {name} | {100 * acc:.1f}% |" for name, acc in read_json(path).items()]
+    return ["## Accuracy per class", "", "| class | test accuracy |", "|---|---|", *rows, ""]
 
 
 def _ran_on(session: dict | None, where: str) -> str:

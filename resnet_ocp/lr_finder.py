@@ -90,21 +90,25 @@ def suggest(lrs: list[float], smoothed: list[float], rule: str, skip_start: int 
         i = int(np.argmin(loss))
         return float(lr[i] / 10), f"minimum smoothed loss at LR {lr[i]:.3g}, divided by 10"
     if rule == "valley":
-        # fastai's valley: longest run of decreasing loss (O(n^2) dynamic programme), 2/3 into it.
-        n = len(loss)
-        run = [1] * n
-        back = list(range(n))
-        for i in range(1, n):
-            for j in range(i):
-                if loss[i] < loss[j] and run[i] < run[j] + 1:
-                    run[i], back[i] = run[j] + 1, j
-        stop = int(np.argmax(run))
-        start = stop
-        while back[start] != start:
-            start = back[start]
+        start, stop = _longest_fall(loss)
         i = start + (stop - start) * 2 // 3
         return float(lr[i]), f"two thirds into the longest falling stretch (steps {skip_start + start}-{skip_start + stop})"
     raise ValueError(f"unknown rule {rule!r}; choose one of {RULES}")
+
+
+def _longest_fall(loss: np.ndarray) -> tuple[int, int]:
+    """First and last index of the longest strictly falling subsequence of ``loss``: fastai's
+    ``valley`` rule, an O(n^2) dynamic programme (n is at most a few hundred LR steps)."""
+    n = len(loss)
+    run, back = [1] * n, list(range(n))
+    for i in range(1, n):
+        for j in range(i):
+            if loss[i] < loss[j] and run[i] < run[j] + 1:
+                run[i], back[i] = run[j] + 1, j
+    stop = start = int(np.argmax(run))
+    while back[start] != start:
+        start = back[start]
+    return start, stop
 
 
 def range_test(parts: TrainingParts, cfg: Config, *, beta: float = 0.98, diverge_factor: float = 4.0) -> RangeTestResult:

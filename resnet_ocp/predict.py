@@ -201,16 +201,11 @@ def describe(entry: dict) -> str:
     return line + (f"  [{'; '.join(entry['notes'])}]" if entry["notes"] else "")
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.predict") -> dict:
-    """Predict image files and print one line each (or one JSON document with ``--json``).
+def build_parser(prog: str) -> OneLineParser:
+    """The ``predict`` command's options; a bad value exits 2 with one line.
 
     Args:
-        argv: command-line arguments (default ``sys.argv[1:]``).
         prog: the command's name in help and errors.
-
-    Returns:
-        ``model``, ``kind``, ``device``, ``precision``, ``tta``, ``top_k``, ``predictions`` (one
-        dict per file, see ``iter_predictions``) and ``failed`` (how many files could not be read).
     """
     parser = OneLineParser(prog=prog, description="Top-k classes of image files from a run directory, an exported folder or a Hub id.",
                            epilog="Exit status: 0 all predicted, 1 some file unreadable (others still predicted), 2 bad input.")
@@ -223,7 +218,21 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.predic
     parser.add_argument("--precision", choices=("auto", *PRECISIONS), default="auto",
                         help="autocast precision (default auto: the run's where this device runs it natively, else fp32)")
     parser.add_argument("--device", help="torch device (default: cuda when there is a GPU, else cpu)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.predict") -> dict:
+    """Predict image files and print one line each (or one JSON document with ``--json``).
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+        prog: the command's name in help and errors.
+
+    Returns:
+        ``model``, ``kind``, ``device``, ``precision``, ``tta``, ``top_k``, ``predictions`` (one
+        dict per file, see ``iter_predictions``) and ``failed`` (how many files could not be read).
+    """
+    args = build_parser(prog).parse_args(argv)
     try:
         files = image_files(args.inputs)
         device = _device(args.device)
