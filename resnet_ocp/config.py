@@ -136,6 +136,12 @@ class Config:
     progress: bool = field(default=True, metadata={"help": "show tqdm progress bars"})
 
     def __post_init__(self) -> None:
+        self._check_counts_and_choices()
+        self._check_schedule()
+        self._check_levers()
+
+    def _check_counts_and_choices(self) -> None:
+        """Choices among their Literal's values; counts, sizes and epochs in range."""
         for name, choices in _choices().items():
             if getattr(self, name) not in choices:
                 raise ConfigError(f"--{_flag(name)} must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -144,6 +150,15 @@ class Config:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        if self.stop_after_epoch is not None and not 1 <= self.stop_after_epoch <= self.epochs:
+            raise ConfigError(f"--stop-after-epoch must be between 1 and --epochs ({self.epochs}), got {self.stop_after_epoch}")
+        for name in ("train_samples", "test_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 10:
+                raise ConfigError(f"--{_flag(name)} must be at least 10 (one per class), got {value}")
+
+    def _check_schedule(self) -> None:
+        """The One-Cycle schedule, the optimizer's LR and momenta, and the LR range test."""
         if not 0 < self.peak_epoch < self.epochs:
             raise ConfigError(f"--peak-epoch must lie strictly between 0 and --epochs ({self.epochs}), got {self.peak_epoch}")
         if self.max_lr is not None and not (math.isfinite(self.max_lr) and self.max_lr > 0):
@@ -154,20 +169,20 @@ class Config:
             raise ConfigError(f"need 0 <= --momentum-min <= --momentum-max < 1, got {self.momentum_min} and {self.momentum_max}")
         if self.batch_size % self.grad_accum:
             raise ConfigError(f"--batch-size ({self.batch_size}) must be divisible by --grad-accum ({self.grad_accum})")
-        if self.stop_after_epoch is not None and not 1 <= self.stop_after_epoch <= self.epochs:
-            raise ConfigError(f"--stop-after-epoch must be between 1 and --epochs ({self.epochs}), got {self.stop_after_epoch}")
+        if self.lr_find_iters < MIN_LR_FIND_ITERS:
+            raise ConfigError(f"--lr-find-iters must be at least {MIN_LR_FIND_ITERS} (the suggestion rules need that many points), "
+                              f"got {self.lr_find_iters}")
+        if not 0 < self.lr_find_start < self.lr_find_end:
+            raise ConfigError("need 0 < --lr-find-start < --lr-find-end")
+
+    def _check_levers(self) -> None:
+        """Regularisers, augmentation, batch norm, activation and TTA options."""
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0 or self.crop_padding < 0 or self.cutout < 0:
             raise ConfigError("--weight-decay, --crop-padding and --cutout must be >= 0")
         if self.cutout > 32:
             raise ConfigError(f"--cutout must be at most 32 (the image side), got {self.cutout}")
-        for name in ("train_samples", "test_samples"):
-            value = getattr(self, name)
-            if value is not None and value < 10:
-                raise ConfigError(f"--{_flag(name)} must be at least 10 (one per class), got {value}")
-        if not 0 < self.lr_find_start < self.lr_find_end:
-            raise ConfigError("need 0 < --lr-find-start < --lr-find-end")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         if not (math.isfinite(self.logit_scale) and self.logit_scale > 0):
@@ -184,9 +199,6 @@ class Config:
             raise ConfigError(f"--bn-bias-lr-scale must be a positive number, got {self.bn_bias_lr_scale}")
         if not (math.isfinite(self.celu_alpha) and self.celu_alpha > 0):
             raise ConfigError(f"--celu-alpha must be a positive number, got {self.celu_alpha}")
-        if self.lr_find_iters < MIN_LR_FIND_ITERS:
-            raise ConfigError(f"--lr-find-iters must be at least {MIN_LR_FIND_ITERS} (the suggestion rules need that many points), "
-                              f"got {self.lr_find_iters}")
 
     @property
     def pct_start(self) -> float:
