@@ -146,6 +146,34 @@ def _spread(values: list[float]) -> str:
     return f"{min(values):.1f}-{max(values):.1f}"
 
 
+def _conditions(accelerator, argv: list[str] | None, load_before: float, load_after: float) -> dict:
+    """Where and how a measurement ran: date, command, CPU, threads, load, versions and environment.
+
+    Args:
+        accelerator: the measurement's Accelerator.
+        argv: the arguments as given (``None``: ``sys.argv[1:]``).
+        load_before: the 1-minute load average before the measurements.
+        load_after: and after them.
+    """
+    from resnet_ocp.session import environment
+
+    env = environment(accelerator)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "machine": f"{env['device_name']} ({env['cpu_capability']}), {os.cpu_count()} cpus, device {env['device']}",
+        "cpu_name": env["cpu_name"], "cpu_capability": env["cpu_capability"], "cpu_bf16": env["cpu_bf16"],
+        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        # Another process on these 2 cores slows every step alike; the 1-minute load average says if one ran.
+        "load_average_before": load_before, "load_average_after": load_after,
+        "versions": {k: env[k] for k in ("torch", "accelerate", "python")},
+        # Allocator settings change every step's page faults (glibc.malloc.hugetlb=1: docs/performance.md).
+        "allocator_env": {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "OMP_NUM_THREADS") if k in os.environ},
+        # Set by `accelerate launch` (config file's precision, CPU use, threads): the command above omits the launcher.
+        "accelerate_env": {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_")},
+    }
+
+
 def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     """The measurements of ``main``, on parsed arguments.
 
@@ -157,7 +185,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
 
     from resnet_ocp.config import Config
     from resnet_ocp.data import load_cifar
-    from resnet_ocp.session import environment, has_accelerator_device
+    from resnet_ocp.session import has_accelerator_device
 
     accelerator = Accelerator(cpu=not has_accelerator_device(), dynamo_backend="inductor" if args.compile else None)
     cfg = Config(batch_size=args.batch_size, width=args.width, max_lr=1e-3, progress=False)
@@ -176,23 +204,11 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     gflop = train_gflop_per_image(args.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     peak = matmul_gflop_s(accelerator.device, dtype, 2048 if args.quick else 4096)
-    load_after = os.getloadavg()[0]
-    env = environment(accelerator)
+    conditions = _conditions(accelerator, argv, load_before, os.getloadavg()[0])
     medians = {k: statistics.median(v) for k, v in rates.items()}
     bare_img, ours, textbook = medians["a"], medians["b"], medians["c"]
     record = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "machine": f"{env['device_name']} ({env['cpu_capability']}), {os.cpu_count()} cpus, device {env['device']}",
-        "cpu_name": env["cpu_name"], "cpu_capability": env["cpu_capability"], "cpu_bf16": env["cpu_bf16"],
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        # Another process on these 2 cores slows every step alike; the 1-minute load average says if one ran.
-        "load_average_before": load_before, "load_average_after": load_after,
-        "versions": {k: env[k] for k in ("torch", "accelerate", "python")},
-        # Allocator settings change every step's page faults (glibc.malloc.hugetlb=1: docs/performance.md).
-        "allocator_env": {k: os.environ[k] for k in ("GLIBC_TUNABLES", "LD_PRELOAD", "OMP_NUM_THREADS") if k in os.environ},
-        # Set by `accelerate launch` (config file's precision, CPU use, threads): the command above omits the launcher.
-        "accelerate_env": {k: v for k, v in os.environ.items() if k.startswith("ACCELERATE_")},
+        **conditions,
         "mixed_precision": accelerator.mixed_precision, "precision": str(dtype).removeprefix("torch."),
         "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup,
         "width": args.width, "compile": args.compile, "order": order, "interleaved_seconds": interleaved_s,
