@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,28 +37,46 @@ def make_images(labels: np.ndarray, seed: int) -> np.ndarray:
     return np.clip(PALETTE[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
 
 
-def write_parquet_set(root: Path, n_train: int = 200, n_test: int = 100, columns=("img", "label"), seed: int = 0,
-                      names=tuple(CLASSES), first_label: int | None = None, size: int = 32, mode: str = "RGB") -> Path:
+@dataclass(frozen=True)
+class Schema:
+    """How a written parquet set looks; each field other than its default breaks the real schema.
+
+    ``columns`` renames the two columns, ``names`` gives other label names, ``first_label``
+    replaces the first training label (e.g. -1, which ClassLabel admits as "missing"), ``size``
+    and ``mode`` make other images.
+    """
+
+    columns: tuple[str, str] = ("img", "label")
+    names: tuple[str, ...] = tuple(CLASSES)
+    first_label: int | None = None
+    size: int = 32
+    mode: str = "RGB"
+
+
+def write_parquet_set(root: Path, n_train: int = 200, n_test: int = 100, seed: int = 0,
+                      schema: Schema = Schema()) -> Path:
     """Write ``root/plain_text/{train,test}-00000-of-00001.parquet`` in uoft-cs/cifar10's schema.
 
-    Labels cycle 0..9 so every class is present. The other arguments break the schema on
-    purpose: ``columns`` renames the two columns, ``names`` gives other label names,
-    ``first_label`` replaces the first training label (e.g. -1, which ClassLabel admits as
-    "missing"), ``size`` and ``mode`` make other images.
+    Args:
+        root: the dataset directory to create.
+        n_train, n_test: images per split; labels cycle 0..9 so every class is present.
+        seed: seed of the training images' noise (the test split uses ``seed + 1``).
+        schema: the columns, label names and images to write (the real ones by default).
     """
     import datasets
     from PIL import Image
 
     (root / "plain_text").mkdir(parents=True, exist_ok=True)
-    features = datasets.Features({columns[0]: datasets.Image(), columns[1]: datasets.ClassLabel(names=list(names))})
+    features = datasets.Features({schema.columns[0]: datasets.Image(),
+                                  schema.columns[1]: datasets.ClassLabel(names=list(schema.names))})
     for split, n, s in (("train", n_train, seed), ("test", n_test, seed + 1)):
         labels = np.arange(n) % 10
         images = make_images(labels, s)
-        pictures = [Image.fromarray(a).resize((size, size)).convert(mode) for a in images]
+        pictures = [Image.fromarray(a).resize((schema.size, schema.size)).convert(schema.mode) for a in images]
         values = labels.tolist()
-        if split == "train" and first_label is not None:
-            values[0] = first_label
-        ds = datasets.Dataset.from_dict({columns[0]: pictures, columns[1]: values}, features=features)
+        if split == "train" and schema.first_label is not None:
+            values[0] = schema.first_label
+        ds = datasets.Dataset.from_dict({schema.columns[0]: pictures, schema.columns[1]: values}, features=features)
         ds.to_parquet(str(root / "plain_text" / f"{split}-00000-of-00001.parquet"))
     return root
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import reset_accelerate, tiny_args, write_parquet_set
+from conftest import Schema, reset_accelerate, tiny_args, write_parquet_set
 from resnet_ocp.cli import main
 
 NOWHERE = "./no/such/data"
@@ -72,11 +72,11 @@ def bad_sets(tmp_path_factory) -> dict[str, Path]:
     (root / "not_a_dataset" / "notes.txt").write_text("no parquet here\n")
     return {
         "not_a_dataset": root / "not_a_dataset",
-        "wrong_columns": write_parquet_set(root / "wrong_columns", 20, 10, columns=("image", "labels")),
-        "other_names": write_parquet_set(root / "other_names", 20, 10, names=[f"class{i}" for i in range(10)]),
-        "label_missing": write_parquet_set(root / "label_missing", 20, 10, first_label=-1),
-        "small_images": write_parquet_set(root / "small_images", 20, 10, size=16),
-        "grayscale": write_parquet_set(root / "grayscale", 20, 10, mode="L"),
+        "wrong_columns": write_parquet_set(root / "wrong_columns", 20, 10, schema=Schema(columns=("image", "labels"))),
+        "other_names": write_parquet_set(root / "other_names", 20, 10, schema=Schema(names=tuple(f"class{i}" for i in range(10)))),
+        "label_missing": write_parquet_set(root / "label_missing", 20, 10, schema=Schema(first_label=-1)),
+        "small_images": write_parquet_set(root / "small_images", 20, 10, schema=Schema(size=16)),
+        "grayscale": write_parquet_set(root / "grayscale", 20, 10, schema=Schema(mode="L")),
         "empty_test": write_parquet_set(root / "empty_test", 20, 0),
     }
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, make_images, write_parquet_set
+from conftest import CLASSES, Schema, make_images, write_parquet_set
 from resnet_ocp.data import DataError, balanced_subset, load_cifar
 
 
@@ -76,7 +76,7 @@ def test_unreachable_hub_while_offline_says_so(cache_dir):
 
 def test_wrong_schema_names_the_expected_columns(tmp_path, cache_dir):
     """Columns other than img (Image) / label (ClassLabel) are refused with what was expected."""
-    bad = write_parquet_set(tmp_path / "bad", n_train=10, n_test=10, columns=("image", "labels"))
+    bad = write_parquet_set(tmp_path / "bad", n_train=10, n_test=10, schema=Schema(columns=("image", "labels")))
     with pytest.raises(DataError) as err:
         load_cifar(str(bad), str(cache_dir))
     msg = str(err.value)
