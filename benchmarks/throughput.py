@@ -174,6 +174,29 @@ def _conditions(accelerator, argv: list[str] | None, load_before: float, load_af
     }
 
 
+def _figures(rates: dict[str, list[float]], pipelines: tuple[float, float], gflop: float, peak: float) -> dict:
+    """The runs, their medians and the ratios between them and to the matmul rate.
+
+    Args:
+        rates: img/s of each run of (a), (b), (c), keyed "a", "b", "c".
+        pipelines: img/s of (d), our input pipeline and the textbook one.
+        gflop: GFLOP of one training image's step.
+        peak: the matmul rate in GFLOP/s.
+    """
+    bare, ours, textbook = (statistics.median(rates[k]) for k in "abc")
+    pipe_ours, pipe_textbook = pipelines
+    return {
+        "runs_img_s": {"bare_step": rates["a"], "our_step": rates["b"], "textbook_step": rates["c"]},
+        "bare_step_img_s": bare, "our_step_img_s": ours, "textbook_step_img_s": textbook,
+        "ceiling_beaten": ceiling_warning(rates["a"], rates["b"]) is not None,
+        "our_pipeline_img_s": pipe_ours, "textbook_pipeline_img_s": pipe_textbook,
+        "ours_over_bare": ours / bare, "ours_over_textbook": ours / textbook, "pipeline_ours_over_textbook": pipe_ours / pipe_textbook,
+        "train_gflop_per_image": gflop, "matmul_gflop_s": peak,
+        "bare_fraction_of_matmul": bare * gflop / peak, "ours_fraction_of_matmul": ours * gflop / peak,
+        "epoch_seconds_at_matmul_rate": 50_000 * gflop / peak, "our_epoch_seconds": 50_000 / ours,
+    }
+
+
 def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     """The measurements of ``main``, on parsed arguments.
 
@@ -204,23 +227,13 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
     gflop = train_gflop_per_image(args.width)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
     peak = matmul_gflop_s(accelerator.device, dtype, 2048 if args.quick else 4096)
-    conditions = _conditions(accelerator, argv, load_before, os.getloadavg()[0])
-    medians = {k: statistics.median(v) for k, v in rates.items()}
-    bare_img, ours, textbook = medians["a"], medians["b"], medians["c"]
     record = {
-        **conditions,
+        **_conditions(accelerator, argv, load_before, os.getloadavg()[0]),
         "mixed_precision": accelerator.mixed_precision, "precision": str(dtype).removeprefix("torch."),
         "batch_size": args.batch_size, "steps": args.steps, "repeats": args.repeats, "warmup_steps": args.warmup,
         "width": args.width, "compile": args.compile, "order": order, "interleaved_seconds": interleaved_s,
-        "runs_img_s": {"bare_step": rates["a"], "our_step": rates["b"], "textbook_step": rates["c"]},
-        "bare_step_img_s": bare_img, "our_step_img_s": ours, "textbook_step_img_s": textbook,
-        "ceiling_beaten": ceiling_warning(rates["a"], rates["b"]) is not None,
-        "our_pipeline_img_s": pipe_ours, "textbook_pipeline_img_s": pipe_textbook,
-        "peak_memory_mb": _peak_mb(accelerator.device),
-        "ours_over_bare": ours / bare_img, "ours_over_textbook": ours / textbook, "pipeline_ours_over_textbook": pipe_ours / pipe_textbook,
-        "train_gflop_per_image": gflop, "matmul_gflop_s": peak, "matmul_dtype": str(dtype).removeprefix("torch."),
-        "bare_fraction_of_matmul": bare_img * gflop / peak, "ours_fraction_of_matmul": ours * gflop / peak,
-        "epoch_seconds_at_matmul_rate": 50_000 * gflop / peak, "our_epoch_seconds": 50_000 / ours,
+        "peak_memory_mb": _peak_mb(accelerator.device), "matmul_dtype": str(dtype).removeprefix("torch."),
+        **_figures(rates, (pipe_ours, pipe_textbook), gflop, peak),
     }
     if profile:
         record["profile"] = profile
