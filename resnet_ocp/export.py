@@ -160,6 +160,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def _tta_words(cfg) -> str:
+    if not cfg.tta:
+        return ""
+    shifted = f", and of both shifted {cfg.tta_shift} pixel(s) diagonally each way" if cfg.tta_shift else ""
+    return f" with TTA (mean of the logits of an image and its mirror{shifted})"
+
+
+def _trained_words(parameters: int, trained: int | None) -> str:
+    if trained is None or trained == parameters:
+        return ""
+    return f"; {trained:,} of them trained, the batch-norm weights frozen at 1"
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.export") -> dict:
     """Export ``RUN_DIR`` to ``OUT_DIR`` and print what was written.
 
@@ -186,16 +199,3 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.export
 
 if __name__ == "__main__":
     main()
-
-
-def _tta_words(cfg) -> str:
-    if not cfg.tta:
-        return ""
-    shifted = f", and of both shifted {cfg.tta_shift} pixel(s) diagonally each way" if cfg.tta_shift else ""
-    return f" with TTA (mean of the logits of an image and its mirror{shifted})"
-
-
-def _trained_words(parameters: int, trained: int | None) -> str:
-    if trained is None or trained == parameters:
-        return ""
-    return f"; {trained:,} of them trained, the batch-norm weights frozen at 1"

@@ -134,3 +134,18 @@ def test_older_run_files_still_read():
     assert len(rows) == 24 * 98 and {r["momentum"] for r in rows} == {0.9}
     saved = json.loads((record / "config.json").read_text())
     assert Config.from_dict(saved).momentum_max == saved["beta1_max"] == 0.9
+
+
+def test_every_script_calls_main_only_after_defining_everything():
+    """In each module run as a script (``python -m resnet_ocp.X``, ``python benchmarks/X.py``) the
+    ``if __name__ == "__main__"`` guard is the last statement, so nothing ``main`` calls is
+    defined after it runs."""
+    import ast
+
+    scripts = [p for p in [*REPO.glob("resnet_ocp/*.py"), *REPO.glob("benchmarks/*.py"), REPO / "train.py"]
+               if '__name__ == "__main__"' in p.read_text()]
+    assert len(scripts) >= 10
+    for path in scripts:
+        body = ast.parse(path.read_text()).body
+        guards = [i for i, node in enumerate(body) if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test)]
+        assert guards == [len(body) - 1], f"{path.relative_to(REPO)}: the __main__ guard is not the last statement"

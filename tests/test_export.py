@@ -4,6 +4,8 @@ by Hub id) to the run's own network, with a model card that states the run's mea
 import json
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,17 @@ def test_export_never_overwrites_and_needs_a_finished_run(finished_run, exported
         err = capsys.readouterr().err.strip()
         assert info.value.code == 2 and err.startswith("error: ") and fragment in err and "\n" not in err
     assert (exported / "README.md").read_text() == before and not (tmp_path / "out").exists()
+
+
+def test_module_entry_point_exports_as_the_command_does(finished_run, exported, tmp_path):
+    """``python -m resnet_ocp.export RUN OUT`` writes the same files and the same card as
+    ``resnet-ocp export``."""
+    out = tmp_path / "by-module"
+    proc = subprocess.run([sys.executable, "-m", "resnet_ocp.export", finished_run["run_dir"], str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in out.iterdir()) == EXPORTED
+    assert (out / "README.md").read_text() == (exported / "README.md").read_text()
 
 
 def test_hub_id_loads_from_the_offline_cache(finished_run, exported, tmp_path, monkeypatch):
