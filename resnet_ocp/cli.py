@@ -1,10 +1,11 @@
-"""Command line: ``resnet-ocp train | lr-find | evaluate | predict | report | export``.
+"""Command line: ``resnet-ocp COMMAND`` for the commands of ``COMMANDS`` (train, launch, stop,
+lr-find, evaluate, predict, report, export, records).
 
-``train`` options are generated from ``Config``'s fields; without a command ``main`` trains (as
-``python train.py`` and ``accelerate launch -m resnet_ocp.cli`` do), so ``main(argv)`` keeps the
-meaning it had before the commands existed. ``main`` returns the command's result (a dict for
-train, evaluate, predict and export) so tests can call it in-process; bad input ends with one
-``error:`` line on stderr and exit status 2, never a traceback.
+``train`` options are generated from ``Config``'s fields; without a command ``main`` trains, so
+``python train.py`` and ``accelerate launch -m resnet_ocp.cli`` (which pass no command) take
+train's options. ``main`` returns the command's result (a dict for train, evaluate, predict and
+export) so tests can call it in-process; bad input ends with one ``error:`` line on stderr and
+exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -100,16 +101,17 @@ def resolve_config(given: dict) -> Config:
     if not saved_file.exists():
         raise RunError(f"--resume {run_dir}: no config.json there; give a run directory written by train.py")
     saved = Config.from_dict(read_json(saved_file))
+    if "output_dir" in given and Path(given["output_dir"]).resolve() != run_dir.resolve():
+        raise RunError(f"--output-dir {given['output_dir']} differs from --resume {run_dir}: a resumed run continues "
+                       "in its own directory; drop --output-dir")
     for name, value in given.items():
         if name not in RESUME_FREE_FIELDS and name != "output_dir" and getattr(saved, name) != value:
             raise RunError(
                 f"--{name.replace('_', '-')} {value} differs from the resumed run's {getattr(saved, name)}; "
                 "a resumed run keeps its saved config: drop the option or start a new run"
             )
-    return saved.replace(
-        resume=str(run_dir), output_dir=str(run_dir),
-        stop_after_epoch=given.get("stop_after_epoch"), progress=given.get("progress", saved.progress),
-    )
+    free = {name: given[name] for name in RESUME_FREE_FIELDS if name in given}
+    return saved.replace(**{**free, "resume": str(run_dir), "output_dir": str(run_dir), "stop_after_epoch": given.get("stop_after_epoch")})
 
 
 def args_dir(args: argparse.Namespace) -> str:

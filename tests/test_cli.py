@@ -49,11 +49,27 @@ def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_
         (["--resume", run_dir], "has finished"),
         (["--resume", run_dir, "--epochs", "7"], "differs from the resumed run's"),
         (["--resume", "/no/such/run"], "no config.json there"),
+        (["--resume", run_dir, "--output-dir", "/tmp/elsewhere"], "a resumed run continues in its own directory"),
     ]:
         with pytest.raises(SystemExit):
             main(argv)
         assert fragment in capsys.readouterr().err
     assert open(f"{run_dir}/history.json").read() == before[1]
+
+
+def test_resume_takes_the_resume_free_options_given(finished_run):
+    """On ``--resume`` each option of RESUME_FREE_FIELDS that is given wins over the saved one,
+    one not given keeps the saved value, and the run continues in its own directory."""
+    from resnet_ocp.cli import resolve_config
+
+    run_dir = finished_run["run_dir"]
+    saved = Config.from_dict(json.loads(open(f"{run_dir}/config.json").read()))
+    given = {"resume": run_dir, "output_dir": run_dir, "stop_after_epoch": 1, "progress": not saved.progress,
+             "process_group_timeout": saved.process_group_timeout + 7}
+    cfg = resolve_config(given)
+    assert set(RESUME_FREE_FIELDS) <= set(given)
+    assert {name: getattr(cfg, name) for name in given} == given
+    assert resolve_config({"resume": run_dir}).replace(resume=None) == saved.replace(output_dir=run_dir)
 
 
 def test_readme_documents_every_option():
