@@ -110,6 +110,11 @@ def resolve_config(given: dict) -> Config:
                 f"--{name.replace('_', '-')} {value} differs from the resumed run's {getattr(saved, name)}; "
                 "a resumed run keeps its saved config: drop the option or start a new run"
             )
+    history = run_dir / "history.json"
+    done = max((h["epoch"] for h in read_json(history)), default=0) if history.exists() else 0
+    if given.get("stop_after_epoch") is not None and given["stop_after_epoch"] <= done:
+        raise RunError(f"--stop-after-epoch {given['stop_after_epoch']}: {run_dir} has done {done} epochs already; "
+                       "give a later epoch or drop the option")
     free = {name: given[name] for name in RESUME_FREE_FIELDS if name in given}
     return saved.replace(**{**free, "resume": str(run_dir), "output_dir": str(run_dir), "stop_after_epoch": given.get("stop_after_epoch")})
 

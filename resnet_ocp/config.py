@@ -183,6 +183,9 @@ class Config:
             raise ConfigError("--weight-decay, --crop-padding and --cutout must be >= 0")
         if self.cutout > 32:
             raise ConfigError(f"--cutout must be at most 32 (the image side), got {self.cutout}")
+        if self.crop_pad_mode == "reflect" and self.crop_padding >= 32:
+            # Reflection mirrors the image itself, so it cannot pad by more than the side minus one.
+            raise ConfigError(f"--crop-padding must be below 32 (the image side) with --crop-pad-mode reflect, got {self.crop_padding}")
         if not 0 <= self.ema < 1:
             raise ConfigError(f"--ema must be in [0, 1), got {self.ema}")
         if not (math.isfinite(self.logit_scale) and self.logit_scale > 0):

@@ -31,6 +31,7 @@ NUMBERS = [
     (["--bn-momentum", "0"], "--bn-momentum must be in (0, 1]"),
     (["--logit-scale", "0"], "--logit-scale must be a positive number"),
     (["--cutout", "33"], "--cutout must be at most 32"),
+    (["--crop-pad-mode", "reflect", "--crop-padding", "32"], "--crop-padding must be below 32 (the image side) with --crop-pad-mode reflect"),
     (["--crop-padding", "-1"], "--weight-decay, --crop-padding and --cutout must be >= 0"),
     (["--width", "0"], "--width must be >= 1"),
     (["--train-samples", "5"], "--train-samples must be at least 10"),

@@ -41,7 +41,8 @@ def test_old_momentum_spellings_still_work():
 
 def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_run, tiny_data, cache_dir, capsys):
     """Starting a new run in a finished run's directory, resuming a finished run, or resuming
-    with a contradicting option all stop with one line and leave the files untouched."""
+    with a contradicting option, another directory or a stop at an epoch already done all stop
+    with one line and leave the files untouched."""
     run_dir = finished_run["run_dir"]
     before = (dataclasses.replace, open(f"{run_dir}/history.json").read())
     for argv, fragment in [
@@ -50,6 +51,7 @@ def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_
         (["--resume", run_dir, "--epochs", "7"], "differs from the resumed run's"),
         (["--resume", "/no/such/run"], "no config.json there"),
         (["--resume", run_dir, "--output-dir", "/tmp/elsewhere"], "a resumed run continues in its own directory"),
+        (["--resume", run_dir, "--stop-after-epoch", "1"], "epochs already; give a later epoch"),
     ]:
         with pytest.raises(SystemExit):
             main(argv)
@@ -57,19 +59,22 @@ def test_existing_run_is_never_overwritten_and_resume_keeps_its_config(finished_
     assert open(f"{run_dir}/history.json").read() == before[1]
 
 
-def test_resume_takes_the_resume_free_options_given(finished_run):
+def test_resume_takes_the_resume_free_options_given(finished_run, tmp_path):
     """On ``--resume`` each option of RESUME_FREE_FIELDS that is given wins over the saved one,
     one not given keeps the saved value, and the run continues in its own directory."""
     from resnet_ocp.cli import resolve_config
 
-    run_dir = finished_run["run_dir"]
-    saved = Config.from_dict(json.loads(open(f"{run_dir}/config.json").read()))
-    given = {"resume": run_dir, "output_dir": run_dir, "stop_after_epoch": 1, "progress": not saved.progress,
+    run_dir = tmp_path / "stopped"  # a run stopped in epoch 1: its config.json, no history yet
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(open(f"{finished_run['run_dir']}/config.json").read())
+    saved = Config.from_dict(json.loads((run_dir / "config.json").read_text()))
+    given = {"resume": str(run_dir), "output_dir": str(run_dir), "stop_after_epoch": 1, "progress": not saved.progress,
              "process_group_timeout": saved.process_group_timeout + 7}
     cfg = resolve_config(given)
     assert set(RESUME_FREE_FIELDS) <= set(given)
     assert {name: getattr(cfg, name) for name in given} == given
-    assert resolve_config({"resume": run_dir}).replace(resume=None) == saved.replace(output_dir=run_dir)
+    kept = resolve_config({"resume": str(run_dir)})
+    assert kept.replace(resume=None, output_dir=None) == saved.replace(output_dir=None)
 
 
 def test_readme_documents_every_option():
