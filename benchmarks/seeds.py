@@ -1,8 +1,9 @@
 """Train one recipe from several seeds, across sessions, and publish the finished runs as records.
 
 Each seed trains in a real ``accelerate launch ... train.py`` process into ``RUNS_DIR/NAME-seedN``
-(the name ``resnet-ocp records`` groups by); a finished seed is skipped and an interrupted one
-resumed, so one command, started again after every interruption, finishes all of them. SIGTERM or
+(the name ``resnet-ocp records`` groups by); a finished seed (in ``RUNS_DIR`` or already published
+under ``--publish``) is skipped and an interrupted one resumed, so one command, started again after
+every interruption, finishes all of them. SIGTERM or
 SIGINT to this driver reaches the training process, which checkpoints inside its epoch; the
 driver then stops with status 75, as it does when ``resnet-ocp stop RUNS_DIR/NAME-seedN`` stopped the run.
 
@@ -27,7 +28,7 @@ from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, exit_with
 from resnet_ocp.records import read_run, table_row
 
 # Run as a script, this folder is on sys.path.
-from training_job import launch_command, run_training
+from training_job import finished, launch_command, run_training
 
 # Run-directory entries that stay behind when a run becomes a record: resumable state, live lock.
 NOT_PUBLISHED = {".lock", "checkpoints", "tensorboard", "preempted.json"}
@@ -51,7 +52,11 @@ def publish(run_dir: Path, log: Path, target: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> str:
-    """Train the seeds in order (resuming, skipping the finished), publish, print the row."""
+    """Train the seeds in order (resuming, skipping the finished), publish, print the row.
+
+    Args:
+        argv: the driver's options, then ``--`` and the recipe's ``train.py`` options.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     ours, flags = (argv[: argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     parser = OneLineParser(prog="benchmarks/seeds.py", description=__doc__.splitlines()[0])
@@ -65,20 +70,24 @@ def main(argv: list[str] | None = None) -> str:
         exit_with("give the recipe's options after --, without --seed, --output-dir or --resume: the driver sets them per seed")
     runs_dir = Path(args.runs_dir).expanduser()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    finished = []
+    done = []
     for seed in args.seeds:
         run_dir, log = runs_dir / f"{args.name}-seed{seed}", runs_dir / f"{args.name}-seed{seed}.log"
-        if not (run_dir / "summary.json").exists():
+        record = Path(args.publish) / run_dir.name if args.publish else None
+        if record is not None and finished(record):
+            done.append(read_run(record))  # published, perhaps on another machine whose runs directory went with it
+            continue
+        if not finished(run_dir):
             command = launch_command(args.config_file, run_dir, [*flags, "--seed", str(seed)])
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {' '.join(command)}", flush=True)
             outcome = run_training(command, log, run_dir)
             if outcome.status or outcome.stopped:
                 print(f"seed {seed} stopped with exit status {outcome.status}; see {log}; run this command again to continue", file=sys.stderr)
                 raise SystemExit(PREEMPTED_EXIT if outcome.stopped else outcome.status)
-        finished.append(read_run(run_dir))
-        if args.publish and publish(run_dir, log, Path(args.publish) / run_dir.name):
-            print(f"published {run_dir} as {Path(args.publish) / run_dir.name}")
-    row = table_row(args.name, finished)
+        done.append(read_run(run_dir))
+        if record is not None and publish(run_dir, log, record):
+            print(f"published {run_dir} as {record}")
+    row = table_row(args.name, done)
     print(row)
     return row
 

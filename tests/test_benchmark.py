@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -357,8 +358,9 @@ def test_predict_speed_benchmark_records_rates_latency_and_accuracy(finished_run
 def test_seeds_driver_trains_each_seed_once_publishes_and_forwards_sigterm(tiny_data, cache_dir, tmp_path):
     """benchmarks/seeds.py trains NAME-seed0 and NAME-seed1 with the recipe's flags and their own
     seeds, publishes each as a record (files and log, no checkpoints or lock), prints the recipe's
-    records row over both seeds; a second call trains nothing and overwrites nothing; SIGTERM to
-    the driver reaches training, which checkpoints, and the driver exits 75."""
+    records row over both seeds; a second call trains nothing and overwrites nothing, nor does one
+    where only the published record is left; a run without its final weights is finished; SIGTERM
+    to the driver reaches training, which checkpoints, and the driver exits 75."""
     runs, results = tmp_path / "runs", tmp_path / "results"
     recipe = ["--data", str(tiny_data), "--cache-dir", str(cache_dir), "--width", "8", "--batch-size", "20",
               "--eval-batch-size", "32", "--max-lr", "0.02"]
@@ -384,6 +386,17 @@ def test_seeds_driver_trains_each_seed_once_publishes_and_forwards_sigterm(tiny_
     assert again.returncode == 0 and "seed 0:" not in again.stdout and "published" not in again.stdout
     assert again.stdout.strip().splitlines()[-1] == row
     assert (results / "tiny-seed0" / "model.safetensors").stat().st_mtime_ns == stamp
+
+    # A published seed is not trained again where its run directory is gone (another machine) ...
+    shutil.rmtree(runs / "tiny-seed0")
+    elsewhere = subprocess.run([*cmd, "--seeds", "0", "--publish", str(results), "--", *recipe], capture_output=True, text=True,
+                               timeout=300, cwd=REPO, env=env)
+    assert elsewhere.returncode == 0 and "seed 0:" not in elsewhere.stdout and not (runs / "tiny-seed0").exists()
+    # ... and a run killed while finishing (summary.json written, model.safetensors not yet) is finished, not skipped.
+    (runs / "tiny-seed1" / "model.safetensors").unlink()
+    finishing = subprocess.run([*cmd, "--seeds", "1", "--", *recipe], capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert finishing.returncode == 0 and "seed 1:" in finishing.stdout and "--resume" in finishing.stdout
+    assert (runs / "tiny-seed1" / "model.safetensors").exists()
 
     # A tiny epoch here lasts well under a second, so the signal may land in epoch 3 (CI saw it):
     # the property is that the stop checkpoints where preempted.json says, not which epoch that is.
