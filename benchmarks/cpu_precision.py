@@ -38,6 +38,7 @@ def step_rate(batch: int, steps: int, channels_last: bool, bf16: bool) -> float:
 
 
 def main() -> None:
+    """Time the three variants and append the record to ``benchmarks/results.jsonl`` (options from ``sys.argv``)."""
     parser = OneLineParser(prog="benchmarks/cpu_precision.py", description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--steps", type=positive_int, default=3)

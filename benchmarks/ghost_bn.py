@@ -51,6 +51,11 @@ def _code_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Time both batch norms at every shape, print the medians and append the record to ``--results``.
+
+    Args:
+        argv: command-line arguments (default ``sys.argv[1:]``).
+    """
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--ghost-batch", type=int, default=32)

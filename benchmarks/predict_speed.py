@@ -48,6 +48,7 @@ def timed(command: list[str]) -> tuple[float, str, float]:
 
 
 def main() -> None:
+    """Time a folder prediction and cold starts, and append the record to ``--results`` (options from ``sys.argv``)."""
     parser = OneLineParser(prog="benchmarks/predict_speed.py", description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/cifar10", help="CIFAR-10 in the Hub's parquet layout")
     parser.add_argument("--model", default="results/sgd-24ep/export", help="MODEL as predict takes it")

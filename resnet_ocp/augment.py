@@ -22,7 +22,13 @@ SHUFFLE_STREAM = 0
 
 
 def derived_seed(seed: int, epoch: int, stream: int) -> int:
-    """A 63-bit seed for one (seed, epoch, stream) triple, via numpy's SeedSequence mixing."""
+    """A 63-bit seed for one (seed, epoch, stream) triple, via numpy's SeedSequence mixing.
+
+    Args:
+        seed: the run's seed.
+        epoch: the epoch (any integer).
+        stream: which draws the seed is for (``SHUFFLE_STREAM`` or ``AUGMENT_STREAM``).
+    """
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
@@ -40,6 +46,11 @@ class AugmentParams:
         return AugmentParams(*(t[idx] for t in self._tensors()))
 
     def to(self, device: torch.device | str) -> AugmentParams:
+        """The same draws on ``device``.
+
+        Args:
+            device: where the tensors go (the training device).
+        """
         return AugmentParams(*(t.to(device) for t in self._tensors()))
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
@@ -76,6 +87,13 @@ def random_crop(x: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, padding: in
     and airbench's loaders) and crop back to the input size at per-sample offsets.
 
     ``out[b, :, i, j] == padded[b, :, i + dy[b], j + dx[b]]``.
+
+    Args:
+        x: images [B, C, H, W].
+        dx: per-sample column offsets [B], in [0, 2*padding].
+        dy: per-sample row offsets [B], in [0, 2*padding].
+        padding: pixels padded on each side (0: ``x`` is returned as it is).
+        mode: "zero" or "reflect".
     """
     if padding == 0:
         return x
@@ -93,7 +111,15 @@ def random_flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 def cutout(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, fill: float = 0.0) -> torch.Tensor:
-    """Set a ``size`` x ``size`` square at (top, left) of every sample to ``fill``."""
+    """Set a ``size`` x ``size`` square at (top, left) of every sample to ``fill``.
+
+    Args:
+        x: images [B, C, H, W].
+        top: per-sample row of the square's top-left corner [B].
+        left: per-sample column of that corner [B].
+        size: side of the square in pixels (0: none); a square past the edge is clipped.
+        fill: the value written.
+    """
     if size == 0:
         return x
     h, w = x.shape[-2:]
@@ -106,7 +132,13 @@ def cutout(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int, fi
 
 
 def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] to float32 standardised with per-channel ``mean``/``std`` (fractions of 255)."""
+    """uint8 [B, 3, H, W] to float32 standardised with per-channel ``mean``/``std`` (fractions of 255).
+
+    Args:
+        x: uint8 images [B, 3, H, W].
+        mean: per-channel mean [3], fractions of 255.
+        std: per-channel standard deviation [3], fractions of 255.
+    """
     return (x.float().div_(255) - mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
 

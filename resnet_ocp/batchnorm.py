@@ -56,6 +56,12 @@ class GhostBatchNorm2d(nn.BatchNorm2d):
         self.ghost_batch = ghost_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Batch norm of ``x``: in training, over sub-batches of ``ghost_batch`` images when ``x``
+        holds more; otherwise exactly ``BatchNorm2d``'s.
+
+        Args:
+            x: activations [N, C, H, W], NCHW or channels_last.
+        """
         g, n, c = self.ghost_batch, x.shape[0], x.shape[1]
         if not self.training or g == 0 or n <= g:
             return super().forward(x)

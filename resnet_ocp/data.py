@@ -243,6 +243,11 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         self.n, self.seed, self.epoch = n, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration yields.
+
+        Args:
+            epoch: the epoch (any integer; each gives an independent permutation).
+        """
         self.epoch = epoch
 
     def __len__(self) -> int:

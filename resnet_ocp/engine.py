@@ -91,10 +91,16 @@ class EpochPosition:
     seconds: float
 
     def to_dict(self) -> dict:
+        """The position as plain values, as a checkpoint's ``position.json`` holds it."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> EpochPosition:
+        """The position that ``to_dict`` wrote.
+
+        Args:
+            values: a ``to_dict`` result (read back from ``position.json``).
+        """
         return cls(**values)
 
 
@@ -150,7 +156,16 @@ class EpochLog:
 
     def result(self, accelerator: Accelerator, cfg: Config, epoch: int, step_offset: int, n_train: int, begin: float) -> dict:
         """``train_one_epoch``'s result (see there), its seconds counted from ``begin``
-        (``time.perf_counter``); gathers over processes, so every process calls it."""
+        (``time.perf_counter``); gathers over processes, so every process calls it.
+
+        Args:
+            accelerator: the run's Accelerator.
+            cfg: the run configuration (its global batch sizes the rows' sample counts).
+            epoch: 1-based epoch number.
+            step_offset: optimizer steps taken before this epoch.
+            n_train: training samples per epoch.
+            begin: when this session began training the epoch, in ``time.perf_counter`` seconds.
+        """
         # One gather per epoch: per-step losses averaged over processes.
         losses = accelerator.gather(torch.stack(self.step_losses)[None]).mean(0).tolist() if self.step_losses else []
         seconds = time.perf_counter() - begin + (self.start.seconds if self.start else 0.0)
@@ -174,7 +189,12 @@ class EpochLog:
 
 def after_optimizer_step(parts: TrainingParts, step: int) -> None:
     """Advance what moves once per optimizer step, whatever the process count (see schedule.py):
-    the One-Cycle schedule, the EMA and Lookahead (``step`` is the run's optimizer step, from 1)."""
+    the One-Cycle schedule, the EMA and Lookahead.
+
+    Args:
+        parts: the prepared training objects (their ``scheduler`` built).
+        step: the run's optimizer step just taken, counted from 1 over all epochs.
+    """
     parts.scheduler.step()
     if parts.ema is not None:
         parts.ema.update_parameters(parts.accelerator.unwrap_model(parts.model))

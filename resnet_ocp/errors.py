@@ -60,6 +60,11 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one ``error:`` line and exit status 2, like every other bad input."""
 
     def error(self, message: str):
+        """Exit with status 2 and the line ``error: <message>; see <prog> --help``, in place of argparse's usage text.
+
+        Args:
+            message: argparse's account of what is wrong with the arguments.
+        """
         exit_with(f"{message}; see {self.prog} --help")
 
 

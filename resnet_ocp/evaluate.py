@@ -67,7 +67,11 @@ def load_run_model(run_dir: str | Path) -> CustomResNet:
 
 
 def run_precision(run_dir: str | Path) -> str:
-    """The mixed precision a run's last session trained and evaluated in (``no`` before run.json existed)."""
+    """The mixed precision a run's last session trained and evaluated in (``no`` before run.json existed).
+
+    Args:
+        run_dir: the run directory.
+    """
     session = last_session(run_dir)
     return session["mixed_precision"] if session else "no"
 

@@ -37,7 +37,12 @@ def load_accuracy_metric():
 
 
 def model_inputs(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """``x`` in the memory format the run feeds its network."""
+    """``x`` in the memory format the run feeds its network.
+
+    Args:
+        x: a batch [N, C, H, W].
+        channels_last: whether the run uses the channels_last memory format.
+    """
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 

@@ -55,6 +55,7 @@ class RangeTestResult:
     suggestions: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """The result as plain values, as ``lr_finder.json`` holds it."""
         return asdict(self)
 
 

@@ -116,6 +116,11 @@ class Residual(nn.Module):
         self.body = nn.Sequential(ConvBlock(channels, channels, net=net, norm=norm), ConvBlock(channels, channels, net=net, norm=norm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x + body(x)``, of the same shape as ``x``.
+
+        Args:
+            x: a feature map [N, channels, H, W].
+        """
         return x + self.body(x)
 
 
@@ -160,6 +165,11 @@ class CustomResNet(nn.Module, PyTorchModelHubMixin, library_name="resnet-ocp", l
         return self.layer3(self.layer2(self.layer1(self.prep(x))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits [N, num_classes], already multiplied by ``config.logit_scale``.
+
+        Args:
+            x: images [N, 3, 32, 32], normalised with ``config.mean`` and ``config.std``.
+        """
         return self.fc(torch.flatten(self.pool(self.features(x)), 1)) * self.config.logit_scale
 
     def _save_pretrained(self, save_directory: Path) -> None:
@@ -215,7 +225,11 @@ def for_config(cfg, num_classes: int, class_names: Sequence[str] | None = None) 
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
+    """Number of trainable parameters.
+
+    Args:
+        model: any module; parameters with ``requires_grad`` False are not counted.
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

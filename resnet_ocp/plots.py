@@ -94,7 +94,12 @@ def plot_schedule(steps: list[dict], peak_epoch: float, path: Path, momentum_lab
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    """Train/test loss and accuracy per epoch."""
+    """Train/test loss and accuracy per epoch.
+
+    Args:
+        history: ``history.json`` records (``epoch``; train and test loss, and accuracy as a fraction).
+        path: PNG to write.
+    """
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     ep = [h["epoch"] for h in history]
     a.plot(ep, [h["train_loss"] for h in history], "o-", label="train")
@@ -155,7 +160,13 @@ def plot_image_grid(shown: ImageGrid, classes: list[str], path: Path, heat=None,
 
 
 def plot_confusion(m: np.ndarray, classes: list[str], path: Path) -> None:
-    """Confusion matrix with counts, and per-class accuracy in the row labels."""
+    """Confusion matrix with counts, and per-class accuracy in the row labels.
+
+    Args:
+        m: counts ``m[true, predicted]`` (``report.confusion``).
+        classes: class names by label.
+        path: PNG to write.
+    """
     fig, ax = plt.subplots(figsize=(8.5, 7.5))
     ax.imshow(m, cmap="Blues")
     acc = m.diagonal() / np.maximum(m.sum(1), 1)

@@ -45,7 +45,11 @@ def summarize(history: list[dict], targets: tuple[float, ...] = (0.90, 0.92, 0.9
 
 
 def describe(summary: dict) -> str:
-    """One line per fact of ``summarize``'s result, for the end of a run's log."""
+    """One line per fact of ``summarize``'s result, for the end of a run's log.
+
+    Args:
+        summary: a ``summarize`` result.
+    """
     lines = [f"final test accuracy {100 * summary['final_accuracy']:.2f}% after {summary['epochs']} epochs "
              f"({summary['seconds'] / 60:.1f} min of epochs); best {100 * summary['best_accuracy']:.2f}% at epoch {summary['best_epoch']}"]
     for target, hit in summary["first_reached"].items():
@@ -55,7 +59,13 @@ def describe(summary: dict) -> str:
 
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts ``m[true, predicted]``."""
+    """Counts ``m[true, predicted]``, int64 [num_classes, num_classes].
+
+    Args:
+        labels: true classes [N].
+        preds: predicted classes [N].
+        num_classes: rows (and columns) of the matrix.
+    """
     m = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(m, (labels, preds), 1)
     return m

@@ -18,12 +18,24 @@ from resnet_ocp.config import Config
 
 
 def steps_per_epoch(n_train: int, batch_size: int) -> int:
-    """Optimizer steps in one epoch over ``n_train`` samples with global batch ``batch_size`` (last batch kept)."""
+    """Optimizer steps in one epoch over ``n_train`` samples with global batch ``batch_size`` (last batch kept).
+
+    Args:
+        n_train: training samples per epoch.
+        batch_size: the global batch (all processes and accumulation steps together).
+    """
     return math.ceil(n_train / batch_size)
 
 
 def samples_after(step_in_epoch: int, epoch: int, n_train: int, batch_size: int) -> int:
-    """Samples seen after ``step_in_epoch`` (1-based) steps of ``epoch`` (1-based)."""
+    """Samples seen after ``step_in_epoch`` (1-based) steps of ``epoch`` (1-based).
+
+    Args:
+        step_in_epoch: optimizer steps taken in the epoch.
+        epoch: the epoch, from 1.
+        n_train: training samples per epoch.
+        batch_size: the global batch.
+    """
     return (epoch - 1) * n_train + min(step_in_epoch * batch_size, n_train)
 
 
@@ -69,7 +81,11 @@ def build_optimizer(model: torch.nn.Module, cfg: Config, lr: float | None = None
 
 
 def momentum_of(group: dict) -> float:
-    """The momentum a param group applies: Adam's beta1 or SGD's momentum."""
+    """The momentum a param group applies: Adam's beta1 or SGD's momentum.
+
+    Args:
+        group: one of an optimizer's ``param_groups``.
+    """
     return group["betas"][0] if "betas" in group else group["momentum"]
 
 
@@ -101,7 +117,13 @@ def build_one_cycle(optimizer: torch.optim.Optimizer, cfg: Config, max_lr: float
 
 def schedule_trace(cfg: Config, max_lr: float, n_train: int) -> list[tuple[float, float]]:
     """The (lr, momentum) that each optimizer step of a whole run applies, computed on a dummy
-    parameter: the reference that recorded ``steps.csv`` columns are tested against."""
+    parameter: the reference that recorded ``steps.csv`` columns are tested against.
+
+    Args:
+        cfg: run configuration (optimizer, epochs, global batch, One-Cycle settings).
+        max_lr: the peak LR.
+        n_train: training samples per epoch.
+    """
     opt = build_optimizer(torch.nn.Linear(1, 1), cfg)
     sched = build_one_cycle(opt, cfg, max_lr, n_train)
     trace = []

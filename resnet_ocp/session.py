@@ -36,7 +36,11 @@ def has_accelerator_device() -> bool:
 def make_accelerator(cfg: Config) -> Accelerator:
     """The Accelerator of a run. Mixed precision and the process layout come from the
     ``accelerate launch`` config; on a machine without an accelerator device it is told
-    ``cpu=True`` so that a torchrun-style launch of N processes forms one gloo group."""
+    ``cpu=True`` so that a torchrun-style launch of N processes forms one gloo group.
+
+    Args:
+        cfg: run configuration (gradient accumulation, global batch, process-group timeout).
+    """
     try:
         accelerator = Accelerator(
             cpu=not has_accelerator_device(),
@@ -188,7 +192,11 @@ def same_cpu_kernels(recorded: dict, here: dict | None = None) -> bool:
 
 
 def environment(accelerator: Accelerator) -> dict:
-    """What this process group runs on: precision, processes, device, CPU, library versions."""
+    """What this process group runs on: precision, processes, device, CPU, library versions.
+
+    Args:
+        accelerator: the run's Accelerator.
+    """
     import accelerate
 
     device = accelerator.device
@@ -245,6 +253,10 @@ def machine_words(session: dict) -> tuple[str, str]:
 
 
 def last_session(run_dir: str | Path) -> dict | None:
-    """The last entry of ``run_dir/run.json``, or None for a run recorded before run.json existed."""
+    """The last entry of ``run_dir/run.json``, or None for a run recorded before run.json existed.
+
+    Args:
+        run_dir: the run directory.
+    """
     path = Path(run_dir) / "run.json"
     return read_json(path)["sessions"][-1] if path.exists() else None

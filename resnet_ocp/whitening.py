@@ -37,9 +37,15 @@ class PatchWhitening(nn.Module):
 
     @property
     def out_channels(self) -> int:
+        """Output channels: ``channels * 9`` (27 for RGB)."""
         return self.weight.shape[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The whitened 3x3 patches of ``x``, [N, C*9, H, W].
+
+        Args:
+            x: normalised float images [N, C, H, W].
+        """
         return F.conv2d(x, self.weight, padding=PATCH // 2)
 
     @torch.no_grad()
