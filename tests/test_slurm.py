@@ -36,11 +36,11 @@ def cluster():
     return True
 
 
-def submit(runs: Path, train_args: list[str], name: str) -> tuple[str, Path]:
+def submit(runs: Path, train_args: list[str], name: str, *sbatch_options: str) -> tuple[str, Path]:
     """sbatch the job script over two nodes; return the job id and its log."""
     log = runs / f"{name}.log"
     env = {**os.environ, "RUNS_DIR": str(runs), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    out = subprocess.run(["sbatch", "--parsable", "-N", "2", "-J", name, "-o", str(log), str(JOB_SCRIPT), *train_args],
+    out = subprocess.run(["sbatch", "--parsable", "-N", "2", "-J", name, "-o", str(log), *sbatch_options, str(JOB_SCRIPT), *train_args],
                          capture_output=True, text=True, env=env, cwd=REPO, check=True)
     return out.stdout.strip().split(";")[0], log
 
@@ -122,6 +122,24 @@ def test_preempted_job_is_requeued_and_ends_as_if_never_stopped(cluster, tiny_da
     a, b = load_file(str(run / "model.safetensors")), load_file(str(reference / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in b)
     assert len(json.loads((run / "run.json").read_text())["sessions"]) == 2
+
+
+def test_a_requeued_job_whose_resume_fails_is_not_requeued_again(cluster, tmp_path):
+    """A requeued job whose run cannot resume (its data has gone) ends FAILED with the run's
+    error, not requeued again (and again) by the preempted.json the stop before it left behind."""
+    from resnet_ocp.config import Config
+
+    job, log = submit(tmp_path, [], "stale-stop", "--hold")
+    run = tmp_path / f"slurm-{job}"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(Config(data=str(tmp_path / "gone"), max_lr=0.01).to_dict()))
+    (run / "preempted.json").write_text(json.dumps({"signal": "SIGUSR1", "epoch": 2, "step_in_epoch": 3}))
+    subprocess.run(["scontrol", "release", job], check=True)
+    assert wait_for(job, timeout=120) == "FAILED", log.read_text()[-3000:]
+    text = log.read_text()
+    assert "resuming" in text and "no such directory" in text and "requeueing" not in text, text[-3000:]
+    assert re.search(r"training ended with status [1-9]", text), text[-3000:]
+    assert job_field(job, "Restarts") == "0"
 
 
 def _worker_of_node(node_id: str) -> int | None:
