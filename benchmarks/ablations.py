@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.config import Config
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, positive_int
 from resnet_ocp.export import HOUSEKEEPING, training_command
@@ -216,9 +217,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         records.append(record)
         if (name, record["run_dir"]) not in recorded:
-            with open(results, "a") as f:
-                f.write(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs": args.epochs,
-                                    "train_samples": args.train_samples, **record}) + "\n")
+            append_json_line(results, {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs": args.epochs,
+                                       "train_samples": args.train_samples, **record})
     print(table(records))
     return records
 

@@ -6,13 +6,13 @@ without channels_last: shows whether bf16 pays on this CPU (it needs native bf16
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.errors import OneLineParser, positive_int
 from resnet_ocp.model import CustomResNet
 
@@ -50,9 +50,8 @@ def main() -> None:
         rate = step_rate(args.batch_size, args.steps, cl, bf16)
         record[f"{'bf16' if bf16 else 'fp32'}{'_channels_last' if cl else ''}_img_s"] = rate
         print(f"channels_last={cl!s:5} bf16={bf16!s:5} {rate:7.1f} img/s", flush=True)
-    with open(Path(__file__).with_name("results.jsonl"), "a") as f:
-        f.write(json.dumps({"benchmark": "cpu_precision", "command": "python benchmarks/cpu_precision.py "
-                            f"--batch-size {args.batch_size} --steps {args.steps}", **record}) + "\n")
+    append_json_line(Path(__file__).with_name("results.jsonl"), {"benchmark": "cpu_precision", "command": "python benchmarks/cpu_precision.py "
+                     f"--batch-size {args.batch_size} --steps {args.steps}", **record})
 
 
 if __name__ == "__main__":

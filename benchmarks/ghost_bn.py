@@ -16,7 +16,6 @@ Appends one JSON line (the command, commit, CPU, threads, versions and every tim
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import statistics
 import subprocess
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.batchnorm import GhostBatchNorm2d
 from resnet_ocp.session import cpu_identity
 
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{str(r['shape']):22} {r['plain_ms']:12.1f} {r['ghost_ms']:12.1f} {r['ghost_ms'] / r['plain_ms']:6.2f}  x{r['count']}")
     print(f"ghost batch norm adds {extra:.0f} ms to a training step ({args.dtype}, {record['threads']} threads, "
           f"median of {args.repeats})")
-    with open(args.results, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_json_line(args.results, record)
     return record
 
 

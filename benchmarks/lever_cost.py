@@ -18,7 +18,6 @@ groups and weight averages, the command, the CPU, precision and versions) to ``b
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import statistics
@@ -28,6 +27,7 @@ from pathlib import Path
 
 # Run as a script, this folder is on sys.path: ablations and step_timing are beside it.
 from ablations import VARIANTS
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
 from step_timing import OurStep, interleave
 
@@ -123,8 +123,7 @@ def measure(args, configs: dict, argv: list[str] | None) -> dict:
             print(f"{name:26} {row['median_img_s']:15.1f} {spread:>13} {row['cost_over_fast']:18.2f}x")
         print(f"{args.repeats} interleaved rounds of {args.steps} steps, {args.warmup} warm-up step(s) each; mixed precision "
               f"{accelerator.mixed_precision}; {env['cpu_name']} ({env['cpu_capability']}); load {load_before:.1f}")
-        with open(args.results, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_line(args.results, record)
     return record
 
 

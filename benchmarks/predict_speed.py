@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.errors import OneLineParser, positive_int
 
 
@@ -82,8 +83,7 @@ def main() -> None:
           f"{args.cold_runs} runs); interpreter and imports alone {imports:.2f} s", flush=True)
     # Another process on the same cores slows every figure: the load average says whether one ran.
     record["load_average_after"] = os.getloadavg()[0]
-    with open(args.results, "a") as f:
-        f.write(json.dumps({**record, "command": f"python benchmarks/predict_speed.py --data {args.data} --model {args.model}"}) + "\n")
+    append_json_line(args.results, {**record, "command": f"python benchmarks/predict_speed.py --data {args.data} --model {args.model}"})
 
 
 if __name__ == "__main__":

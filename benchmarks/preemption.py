@@ -10,7 +10,6 @@ signal its checkpoint inside the epoch was saved. Appends one JSON line to ``ben
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -20,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.errors import OneLineParser, exit_with, positive_int
 from resnet_ocp.session import cpu_identity
 
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
               "batch_size": args.batch_size, "signal_after_s": args.after, "exit_status": status, "signal_to_exit_s": seconds,
               "signal_to_checkpoint_s": saved, "stopped_at": where, "run_dir": str(run_dir)}
     print(f"exit status {status}; signal to checkpoint {saved} s, signal to exit {seconds:.1f} s; stopped at epoch/step {where}")
-    with open(args.results, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_json_line(args.results, record)
     return record
 
 

@@ -6,13 +6,13 @@ against a training step of the network, on this machine.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.errors import OneLineParser, positive_int
 from resnet_ocp.model import CustomResNet
 from resnet_ocp.preemption import StopRequest
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
               "step_ms_fp32": step_ms, "check_fraction_of_step": check_us / 1e3 / step_ms}
     print(f"check {check_us:.1f} us per step; fp32 training step of batch {args.batch_size}: {step_ms:.0f} ms; "
           f"the check is {100 * record['check_fraction_of_step']:.4f}% of a step")
-    with open(Path(__file__).with_name("results.jsonl"), "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_json_line(Path(__file__).with_name("results.jsonl"), record)
     return record
 
 

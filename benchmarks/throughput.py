@@ -32,7 +32,6 @@ to ``benchmarks/results.jsonl``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shlex
@@ -44,6 +43,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from resnet_ocp.atomic import append_json_line
 from resnet_ocp.errors import OneLineParser, UserError, exit_with, positive_int
 
 # Run as a script, this folder is on sys.path; the step timing lives beside it.
@@ -239,8 +239,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict:
         record["profile"] = profile
     if accelerator.is_main_process:
         print_figures(record)
-        with open(args.results, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_json_line(args.results, record)
     return record
 
 

@@ -2,7 +2,7 @@
 
 ``os.replace`` is atomic on POSIX filesystems, so a file at its final name is either the old
 version or the complete new one, whatever moment a run is killed at. Every writer in the
-project (run directory, data cache, checkpoints' markers, pictures) goes through here.
+project (run directory, data cache, checkpoints' markers, pictures, benchmark records) goes through here.
 """
 
 from __future__ import annotations
@@ -54,6 +54,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         obj: anything ``json.dumps`` accepts.
     """
     write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def append_json_line(path: str | os.PathLike, record: Any) -> None:
+    """Append ``record`` as one line to a JSON-lines file, atomically: the file is rewritten whole
+    (benchmark records are kilobytes), so a kill leaves the old lines and no half of the new one.
+
+    Args:
+        path: the JSON-lines file (created if missing).
+        record: anything ``json.dumps`` accepts.
+    """
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    write_text(path, old + ("\n" if old and not old.endswith("\n") else "") + json.dumps(record) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

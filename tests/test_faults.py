@@ -319,3 +319,25 @@ def reference_steps(tiny_data, cache_dir, tmp_path_factory) -> list[dict]:
     main(tiny_args(tiny_data, cache_dir, out))
     reset_accelerate()
     return read_steps(out / "steps.csv")
+
+
+def test_a_benchmark_record_interrupted_while_appended_leaves_every_line_whole(tmp_path, monkeypatch):
+    """append_json_line (every benchmark's record) rewrites its file atomically: interrupted at the
+    rename, the file keeps its earlier lines, each valid JSON, and no temporary file stays beside it."""
+    from resnet_ocp import atomic
+
+    results = tmp_path / "results.jsonl"
+    atomic.append_json_line(results, {"run": 1})
+    results.write_text(results.read_text() + '{"run": 2}')  # a line written by hand, without its newline
+    before = results.read_text()
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt  # as a signal arriving between the write and the rename
+
+    with monkeypatch.context() as m:
+        m.setattr(atomic.os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            atomic.append_json_line(results, {"run": 3, "text": "x" * 100_000})
+    assert results.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["results.jsonl"]
+    atomic.append_json_line(results, {"run": 3})
+    assert [json.loads(line)["run"] for line in results.read_text().splitlines()] == [1, 2, 3]
