@@ -201,12 +201,12 @@ def _decoded(ds, cache: Path, source: str) -> tuple[Split, list[str]]:
     row = 0
     for batch in raw.iter(batch_size=2000):
         for item in batch[IMAGE_COLUMN]:
-            img = Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"])
-            if img.mode != "RGB":
-                raise DataError(f"--data {source}: image {row} is in mode {img.mode}, expected RGB as in CIFAR-10")
-            if img.size != (32, 32):
-                raise DataError(f"--data {source}: image {row} is {img.size[0]}x{img.size[1]}, expected 32x32 as in CIFAR-10")
-            images[row] = np.asarray(img)
+            with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as img:
+                if img.mode != "RGB":
+                    raise DataError(f"--data {source}: image {row} is in mode {img.mode}, expected RGB as in CIFAR-10")
+                if img.size != (32, 32):
+                    raise DataError(f"--data {source}: image {row} is {img.size[0]}x{img.size[1]}, expected 32x32 as in CIFAR-10")
+                images[row] = np.asarray(img)
             row += 1
     split = Split(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(labels))
     cache.mkdir(parents=True, exist_ok=True)

@@ -9,14 +9,14 @@ stop at the same step (``preemption.StopRequest`` reduces the request across the
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import time
 from pathlib import Path
 
-from resnet_ocp.errors import OneLineParser, exit_with
+from resnet_ocp.atomic import read_json
+from resnet_ocp.errors import OneLineParser, UserError, exit_with
 from resnet_ocp.preemption import PREEMPTED_FILE
 from resnet_ocp.rundir import lock_holder
 
@@ -40,14 +40,20 @@ def stop_run(run_dir: Path, wait: float) -> dict:
         exit_with(f"{run_dir}/.lock does not name the process holding it; stop the run with kill -TERM <pid of its train.py>")
     if host != socket.gethostname():
         exit_with(f"the run in {run_dir} trains on {host}, not here; run resnet-ocp stop there (or scancel the job)")
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        exit_with(f"the process {pid} that {run_dir}/.lock names is gone (another PID namespace, e.g. a container?); "
+                  "stop the run where it trains")
+    except PermissionError:
+        exit_with(f"not allowed to signal the run's process {pid} (another user's?); stop it as that user")
     print(f"sent SIGTERM to train.py (pid {pid}); it stops after its current optimizer step", flush=True)
     deadline = time.monotonic() + wait
     while lock_holder(run_dir) is not None and time.monotonic() < deadline:
         time.sleep(0.5)
     result = {"run_dir": str(run_dir), "pid": pid, "stopped": lock_holder(run_dir) is None}
     if (run_dir / PREEMPTED_FILE).exists():
-        result["preempted"] = json.loads((run_dir / PREEMPTED_FILE).read_text())
+        result["preempted"] = read_json(run_dir / PREEMPTED_FILE)
     return result
 
 
@@ -63,7 +69,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m resnet_ocp.stop")
     parser.add_argument("--wait", type=float, default=600.0,
                         help="seconds to wait for the checkpoint (default 600; 0 returns once the signal is sent)")
     args = parser.parse_args(argv)
-    result = stop_run(Path(args.run_dir), args.wait)
+    try:
+        result = stop_run(Path(args.run_dir), args.wait)
+    except UserError as exc:  # a damaged preempted.json
+        exit_with(exc)
     if "preempted" in result:
         p = result["preempted"]
         print(f"stopped inside epoch {p['epoch']} after its step {p['step_in_epoch']}; continue with --resume {args.run_dir}")

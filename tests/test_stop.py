@@ -47,6 +47,32 @@ def test_stop_signals_nothing_when_the_run_trains_on_another_host(tmp_path, caps
         bystander.kill()
 
 
+def test_stop_answers_in_one_line_for_a_gone_process_and_a_damaged_preempted_json(tmp_path, capsys):
+    """A held lock naming a process that no longer exists, and a damaged preempted.json left
+    beside a signalled run, are each one error line with exit 2, no traceback."""
+    import socket
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with open(tmp_path / ".lock", "a+") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for pid, damaged, fragment in [(gone.pid, False, f"the process {gone.pid} that {tmp_path}/.lock names is gone"),
+                                           (bystander.pid, True, "preempted.json is damaged")]:
+                lock.truncate(0)
+                lock.write(f"pid {pid} on {socket.gethostname()}\n")
+                lock.flush()
+                if damaged:
+                    (tmp_path / "preempted.json").write_text('{"signal": "SIGTERM", "epo')
+                with pytest.raises(SystemExit) as info:
+                    main(["stop", str(tmp_path), "--wait", "0"])
+                err = capsys.readouterr().err.strip()
+                assert info.value.code == 2 and err.startswith("error: ") and fragment in err and "\n" not in err, err
+    finally:
+        bystander.kill()
+
+
 def _stop_in_epoch_2(config: str, argv: list[str], run_dir, log) -> tuple[subprocess.CompletedProcess, int]:
     """Launch ``train.py`` with ``config``, run ``resnet-ocp stop`` once its log shows epoch 2, and
     return the stop command's result and the launcher's exit status."""
