@@ -58,7 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                "celu_alpha": 0.3, "bn_weight_freeze": True, "bn_bias_lr_scale": 64.0, "ema": 0.99},
 }
 # fast10 squeezed into 5 epochs, peak at the end of epoch 1: 90% by epoch 5 on each of seeds 0-2
-# (results/fast10-5ep-seed0..2); the fast preset at 5 epochs reached it with one seed of two.
+# (results/fast5-seed0..2); the fast preset at 5 epochs reached it with one seed of two.
 PRESETS["fast5"] = {**PRESETS["fast10"], "epochs": 5, "peak_epoch": 1.0}
 
 
