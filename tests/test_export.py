@@ -122,10 +122,14 @@ def test_hub_id_loads_from_the_offline_cache(finished_run, exported, tmp_path, m
 
 def test_committed_record_export_is_the_record(tmp_path, monkeypatch, capsys):
     """results/sgd-24ep/export holds the 94.26% record's weights byte for byte (git stores them
-    once), a card with summary.json's accuracy, and loads with the README's three lines, which
-    predict a test-like image."""
-    export = RECORD / "export"
+    once), a card with summary.json's accuracy, card and config.json as ``export`` writes them
+    today, and loads with the README's three lines, which predict a test-like image."""
+    from resnet_ocp.export import export_run
+
+    export, fresh = RECORD / "export", export_run(RECORD, tmp_path / "fresh")
     assert (export / "model.safetensors").read_bytes() == (RECORD / "model.safetensors").read_bytes()
+    for name in ("README.md", "config.json"):
+        assert (export / name).read_text() == (fresh / name).read_text(), f"{name} is stale: export results/sgd-24ep again"
     assert ModelCard.load(export / "README.md").data.eval_results[0].metric_value == json.loads(
         (RECORD / "summary.json").read_text())["final_accuracy"] == 0.9426
     readme = (REPO / "README.md").read_text()
