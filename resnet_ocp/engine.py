@@ -21,7 +21,7 @@ from resnet_ocp.config import Config
 from resnet_ocp.inference import DeviceSplit, evaluate, model_inputs, recompute_bn_stats
 from resnet_ocp.lookahead import Lookahead
 from resnet_ocp.preemption import StopRequest
-from resnet_ocp.schedule import momentum_of, samples_after
+from resnet_ocp.schedule import MicroBatches, momentum_of, samples_after
 
 # Training images whose statistics the EMA model's batch norms get before each evaluation: 512 to
 # 4,096 all gave 71.3-71.7% at epoch 2 of the proxy (recompute_bn_stats); 1,024 forward passes are 0.7% of an epoch's FLOPs.
@@ -183,7 +183,7 @@ class EpochLog:
             position = EpochPosition(self.steps, rows, *(list(col) for col in zip(*per_process)), seconds)
             return {"stopped": True, "position": position}
         loss_sum, correct, seen = accelerator.reduce(sums, reduction="sum").tolist()
-        return {"loss": loss_sum / seen, "accuracy": correct / seen, "rows": rows, "lr": rows[-1]["lr"],
+        return {"loss": loss_sum / seen, "accuracy": correct / seen, "samples": int(seen), "rows": rows, "lr": rows[-1]["lr"],
                 "seconds": seconds, "images_per_second": n_train / seconds}
 
 
@@ -228,18 +228,22 @@ def train_one_epoch(parts: TrainingParts, cfg: Config, epoch: int, step_offset: 
     log = EpochLog(start, accelerator.process_index, accelerator.device)
     skip = log.done * accelerator.gradient_accumulation_steps
     bar = tqdm(total=len(loader), initial=skip, disable=not (cfg.progress and accelerator.is_local_main_process), leave=True, dynamic_ncols=True)
+    batches = MicroBatches(len(data.labels), accelerator.num_processes, cfg.batch_size // (accelerator.num_processes * cfg.grad_accum),
+                           cfg.grad_accum)
     for i, idx in enumerate(loader):
         if i < skip:  # trained before the stop; its draws are keyed by sample, so skipping is exact
             continue
+        real, factor = batches.real(i, accelerator.process_index), batches.factor(i, accelerator.process_index)
+        idx = idx[:real] if real else idx  # all padding (3+ processes): it trains at weight 0, for DDP's collective
         with accelerator.accumulate(model):
             loss, logits = training_loss(model, data, params, idx, cfg)
-            accelerator.backward(loss)
+            accelerator.backward(loss if factor == 1 else loss * factor)
             if accelerator.sync_gradients:
                 group = optimizer.param_groups[0]
                 log.applied.append((group["lr"], momentum_of(group)))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-        log.add_micro_batch(loss.detach(), logits, data.labels[idx])
+        log.add_micro_batch(loss.detach(), logits[:real], data.labels[idx[:real]])
         bar.update(1)
         if accelerator.sync_gradients:
             log.end_step()

@@ -11,6 +11,7 @@ the cycle after 1/N of training and then freezes the LR without an error.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +38,46 @@ def samples_after(step_in_epoch: int, epoch: int, n_train: int, batch_size: int)
         batch_size: the global batch.
     """
     return (epoch - 1) * n_train + min(step_in_epoch * batch_size, n_train)
+
+
+@dataclass(frozen=True)
+class MicroBatches:
+    """Which samples of one process's micro-batch belong to the epoch, and how much its loss weighs.
+
+    With several processes Accelerate gives every process a full last batch (``even_batches``):
+    micro-batch ``i`` of process ``p`` is the sampler's batch ``i * processes + p``, and a batch
+    short of ``per_process`` (or past the end) is filled from the epoch's first samples, which
+    the epoch has already trained on; and ``Accelerator.backward`` divides every loss by
+    ``grad_accum``, also in the shorter last accumulation window. A micro-batch trains on its
+    first ``real`` samples only, and its mean loss times ``factor`` makes each optimizer step's
+    gradient the mean over the samples of that step, as one process with the whole batch has it.
+
+    Args:
+        n_train: training samples per epoch.
+        processes: processes training together.
+        per_process: micro-batch size of one process.
+        grad_accum: micro-batches per optimizer step.
+    """
+
+    n_train: int
+    processes: int
+    per_process: int
+    grad_accum: int
+
+    def real(self, micro: int, rank: int) -> int:
+        """Samples of the epoch at the start of micro-batch ``micro`` (from 0) of process ``rank``."""
+        return max(0, min(self.per_process, self.n_train - (micro * self.processes + rank) * self.per_process))
+
+    def step_samples(self, micro: int) -> int:
+        """Samples of the epoch in the optimizer step that holds micro-batch ``micro``, all processes together."""
+        rounds = self.processes * self.per_process
+        first = micro // self.grad_accum * self.grad_accum
+        last = min(first + self.grad_accum, math.ceil(self.n_train / rounds))
+        return sum(min(rounds, self.n_train - r * rounds) for r in range(first, last))
+
+    def factor(self, micro: int, rank: int) -> float:
+        """The weight on the micro-batch's mean loss: 1.0 wherever batches are full."""
+        return self.processes * self.grad_accum * self.real(micro, rank) / self.step_samples(micro)
 
 
 def param_groups(model: torch.nn.Module, cfg: Config) -> list[dict]:

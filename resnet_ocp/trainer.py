@@ -278,7 +278,7 @@ def run_epoch(parts: TrainingParts, cfg: Config, epoch: int, progress: Progress,
         "epoch": epoch, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
         "test_loss": test["loss"], "test_accuracy": test["accuracy"], "lr": train["lr"],
         "seconds": train["seconds"] + eval_seconds, "images_per_second": train["images_per_second"],
-        "eval_seconds": eval_seconds, "test_samples": int(test["indices"].unique().numel()),
+        "eval_seconds": eval_seconds, "train_samples": train["samples"], "test_samples": test["total"],
     }
     progress.history.append(record)
     progress.rows += train["rows"]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from resnet_ocp.config import Config
-from resnet_ocp.schedule import samples_after, schedule_trace, steps_per_epoch
+from resnet_ocp.schedule import MicroBatches, samples_after, schedule_trace, steps_per_epoch
 
 
 def test_steps_and_samples_follow_the_global_batch():
@@ -72,3 +72,29 @@ def test_each_optimizer_cycles_its_momentum(name, kind):
     trace = schedule_trace(cfg, max_lr=0.1, n_train=1024)
     assert trace[0][1] == pytest.approx(0.95) and min(t[1] for t in trace) == pytest.approx(0.85)
     assert max(t[0] for t in trace) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("n, processes, per_process, grad_accum",
+                         [(50000, 2, 256, 1), (50000, 1, 128, 4), (190, 2, 10, 1), (190, 3, 10, 2), (200, 2, 10, 1), (1000, 4, 32, 3)])
+def test_micro_batches_train_every_sample_once_and_weigh_each_step_as_one_batch(n, processes, per_process, grad_accum):
+    """Over Accelerate's own sharding (BatchSamplerShard, even_batches), the first ``real`` indices
+    of every process's micro-batches are the epoch's samples, each exactly once; and within every
+    optimizer step each of those samples weighs 1 / (samples in the step) after Accelerate's
+    division by grad_accum and DDP's mean over processes, so a factor is exactly 1.0 wherever
+    all batches of the step are full."""
+    from accelerate.data_loader import BatchSamplerShard
+
+    inner = torch.utils.data.BatchSampler(range(n), per_process, drop_last=False)
+    shards = [list(BatchSamplerShard(inner, processes, p, split_batches=False, even_batches=True)) for p in range(processes)]
+    plan = MicroBatches(n, processes, per_process, grad_accum)
+    trained = [i for p, batches in enumerate(shards) for k, batch in enumerate(batches) for i in batch[:plan.real(k, p)]]
+    assert sorted(trained) == list(range(n))
+    rounds = len(shards[0])
+    assert all(len(batches) == rounds for batches in shards)
+    for first in range(0, rounds, grad_accum):
+        micro = [(k, p) for k in range(first, min(first + grad_accum, rounds)) for p in range(processes)]
+        weights = [plan.factor(k, p) / plan.real(k, p) / grad_accum / processes for k, p in micro if plan.real(k, p)]
+        assert weights == pytest.approx([1 / plan.step_samples(first)] * len(weights))
+        assert sum(plan.real(k, p) for k, p in micro) == plan.step_samples(first)
+        if all(plan.real(k, p) == per_process for k, p in micro) and len(micro) == grad_accum * processes:
+            assert {plan.factor(k, p) for k, p in micro} == {1.0}

@@ -157,6 +157,34 @@ def test_gradient_accumulation_keeps_the_schedule(reference_run, tiny_data, cach
     assert [(r["step"], r["samples"], r["lr"], r["momentum"]) for r in rows] == [(r["step"], r["samples"], r["lr"], r["momentum"]) for r in ref]
 
 
+def test_two_processes_and_accumulation_train_each_sample_once_with_equal_steps(tiny_data, cache_dir, tmp_path):
+    """On 190 samples in batches of 20 the last step holds 10 samples. Two processes (Accelerate
+    fills process 1's last batch with samples from the epoch's start) and one process with
+    --grad-accum 2 (whose last step has one micro-batch of 10, not two) both train each sample
+    once per epoch (history's train_samples), and end with the same parameters to float rounding:
+    both normalise the same halves of each batch, and each step's gradient is the mean over its
+    samples, the last included."""
+    from safetensors.torch import load_file
+
+    two, accumulated = tmp_path / "two", tmp_path / "accumulated"
+    # SGD: its update is linear in the gradient, where Adam's sign-like update on near-zero
+    # gradients turns rounding into differences of the LR's size (0.16 here after 20 steps).
+    recipe = ["--train-samples", "190", "--optimizer", "sgd", "--max-lr", "0.05"]
+    proc = launch("cpu_multi.yaml", tiny_args(tiny_data, cache_dir, two, *recipe))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # One thread, as torchrun gives each of the two: the kernels round alike (2 threads: 0.5 apart).
+    proc = launch("cpu_fp32.yaml", tiny_args(tiny_data, cache_dir, accumulated, *recipe, "--grad-accum", "2"), {"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for run in (two, accumulated):
+        assert [h["train_samples"] for h in json.loads((run / "history.json").read_text())] == [190, 190]
+        assert [r["samples"] for r in read_steps(run / "steps.csv")][9::10] == [190, 380]
+    a, b = load_file(str(two / "model.safetensors")), load_file(str(accumulated / "model.safetensors"))
+    params = [k for k in a if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    worst = max((a[k] - b[k]).abs().max().item() for k in params)
+    print(f"\nlargest parameter difference {worst:.2e}")
+    assert worst < 1e-4
+
+
 def test_emulated_bf16_on_cpu_is_warned_about():
     """bf16 on a CPU without native bf16 gets a warning naming the fp32 config; GPUs,
     fp32 and native-bf16 CPUs get none."""
