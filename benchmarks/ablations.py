@@ -36,10 +36,11 @@ from resnet_ocp.config import Config
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, positive_int
 from resnet_ocp.export import HOUSEKEEPING, training_command
 from resnet_ocp.records import read_run
+from resnet_ocp.rundir import is_finished
 from resnet_ocp.session import last_session
 
 # Run as a script, this folder is on sys.path.
-from training_job import finished, launch_command, run_training
+from training_job import launch_command, run_training
 
 RESULTS = Path(__file__).with_name("ablations.jsonl")
 REPO = Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
     if name in EVALUATED:
         source, options = EVALUATED[name]
         base = variant_dir(args, source)
-        if not finished(base):
+        if not is_finished(base):
             return None
         from resnet_ocp.evaluate import evaluate_run
 
@@ -137,7 +138,7 @@ def run_variant(args: argparse.Namespace, name: str) -> dict | None:
         return {"variant": name, "flags": VARIANTS[name], "final_accuracy": result["accuracy"], "best_accuracy": None,
                 "reference_accuracy": reference["accuracy"], "precision": result["precision"], "run_dir": shown(base),
                 "command": f"python -m resnet_ocp.evaluate {shown(base)} {flags} --precision {result['precision']}"}
-    if not finished(run_dir):
+    if not is_finished(run_dir):
         if args.table:
             return None
         command = launch_command(args.config_file, run_dir, [*proxy_flags(args), *VARIANTS[name]])

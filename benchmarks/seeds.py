@@ -26,9 +26,10 @@ from pathlib import Path
 from resnet_ocp.atomic import atomic_path
 from resnet_ocp.errors import PREEMPTED_EXIT, OneLineParser, exit_with
 from resnet_ocp.records import read_run, table_row
+from resnet_ocp.rundir import is_finished
 
 # Run as a script, this folder is on sys.path.
-from training_job import finished, launch_command, run_training
+from training_job import launch_command, run_training
 
 # Run-directory entries that stay behind when a run becomes a record: resumable state, live lock.
 NOT_PUBLISHED = {".lock", "checkpoints", "tensorboard", "preempted.json"}
@@ -74,10 +75,10 @@ def main(argv: list[str] | None = None) -> str:
     for seed in args.seeds:
         run_dir, log = runs_dir / f"{args.name}-seed{seed}", runs_dir / f"{args.name}-seed{seed}.log"
         record = Path(args.publish) / run_dir.name if args.publish else None
-        if record is not None and finished(record):
+        if record is not None and is_finished(record):
             done.append(read_run(record))  # published, perhaps on another machine whose runs directory went with it
             continue
-        if not finished(run_dir):
+        if not is_finished(run_dir):
             command = launch_command(args.config_file, run_dir, [*flags, "--seed", str(seed)])
             print(f"[{time.strftime('%H:%M:%S')}] seed {seed}: {' '.join(command)}", flush=True)
             outcome = run_training(command, log, run_dir)

@@ -23,16 +23,6 @@ from resnet_ocp.preemption import PREEMPTED_FILE
 REPO = Path(__file__).resolve().parents[1]
 
 
-def finished(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds a finished run: ``finish`` writes ``model.safetensors`` last, after
-    ``summary.json`` and the pictures, so a run killed while finishing is not taken for done.
-
-    Args:
-        run_dir: a run directory (or a record copied from one).
-    """
-    return (run_dir / "model.safetensors").exists()
-
-
 def launch_command(config_file: str, run_dir: Path, flags: list[str]) -> list[str]:
     """The ``accelerate launch`` command of one run: a resume when ``run_dir`` exists, else a new run.
 

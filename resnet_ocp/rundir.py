@@ -52,7 +52,7 @@ def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Iterato
         # The checks that need no lock come first, so that a refused command leaves nothing behind.
         if not resuming and (run_dir / "config.json").exists():
             problem = taken
-        elif resuming and (run_dir / "model.safetensors").exists():
+        elif resuming and is_finished(run_dir):
             problem = f"{run_dir} has finished (model.safetensors exists); start a new run with another --output-dir"
         else:
             lock, problem = _lock(run_dir)
@@ -68,6 +68,16 @@ def open_run_dir(accelerator, output_dir: str | None, resuming: bool) -> Iterato
     finally:
         if lock is not None:
             lock.close()  # closing the file releases its flock
+
+
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: ``finish`` writes ``model.safetensors`` last,
+    after ``summary.json`` and the pictures, so a run killed while finishing is not taken for done.
+
+    Args:
+        run_dir: a run directory (or a record copied from one).
+    """
+    return (run_dir / "model.safetensors").exists()
 
 
 def _lock(run_dir: Path):
