@@ -309,7 +309,9 @@ def test_grad_scaler_skipped_steps_keep_the_schedule_and_resume_exactly(referenc
     reset_accelerate()
     main(["--resume", str(tmp_path / "split"), "--no-progress"])
     a, b = load_file(str(tmp_path / "split" / "model.safetensors")), load_file(str(tmp_path / "whole" / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in b) and whole["final_accuracy"] >= 0
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    # The skipped first steps cost accuracy (0.52 measured against the plain run's >= 0.6), yet it learns.
+    assert whole["final_accuracy"] >= 0.4
 
 
 @pytest.fixture(scope="module")
