@@ -42,7 +42,7 @@ def test_notebook_has_a_parameters_cell_and_no_training_loop():
 @pytest.mark.slow
 def test_notebook_runs_headless_on_the_tiny_set(tiny_data, cache_dir, tmp_path):
     """Executed by papermill with an ipykernel on the tiny set (width 8, 2 epochs, no install),
-    the notebook prints this machine's Accelerate config, shows the range test and the five run
+    from a working directory outside the repository, the notebook prints this machine's Accelerate config, shows the range test and the five run
     pictures and a prediction grid inline (image/png), prints an evaluated accuracy equal to the
     run's summary.json, leaves a finished run and an export, and predicts every test image it wrote."""
     import papermill
@@ -51,7 +51,7 @@ def test_notebook_runs_headless_on_the_tiny_set(tiny_data, cache_dir, tmp_path):
     parameters = {"INSTALL": False, "DATA": str(tiny_data), "OUTPUT_DIR": str(out), "CACHE_DIR": str(cache_dir), "EPOCHS": 2,
                   "PEAK_EPOCH": 1, "WIDTH": 8, "BATCH_SIZE": 20, "EVAL_BATCH_SIZE": 32, "LR_FIND_ITERS": 30, "LR_FIND_END": 0.5,
                   "PROGRESS": False, "PREDICT_IMAGES": 4}
-    notebook = papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "executed.ipynb"), parameters=parameters, cwd=str(REPO),
+    notebook = papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "executed.ipynb"), parameters=parameters, cwd=str(tmp_path),
                                           kernel_name="python3", progress_bar=False)
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     text = "".join(o.get("text", "") for o in outputs if o.get("output_type") == "stream")
