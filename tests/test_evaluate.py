@@ -35,6 +35,32 @@ def test_bf16_run_is_reproduced_in_bf16(tiny_data, cache_dir, tmp_path, monkeypa
     assert "precision bf16" in capsys.readouterr().out
 
 
+def test_weights_option_tests_a_checkpoints_live_weights(finished_run, tiny_data, cache_dir, tmp_path, capsys):
+    """--weights tests another weights file of the run's network: without EMA the last checkpoint's
+    weights are the final ones (same accuracy and loss); with --ema they are the live weights,
+    which differ from the recorded average; an unfinished run's checkpoint can be tested too, and
+    the checkpoint's ema.safetensors (the AveragedModel's keys) is refused in one line."""
+    plain = evaluate_main([finished_run["run_dir"]])
+    live = evaluate_main([finished_run["run_dir"], "--weights", "checkpoints/epoch_002/model.safetensors"])
+    assert (live["correct"], live["loss"]) == (plain["correct"], plain["loss"]) and live["recorded"] is None
+    assert "weights checkpoints/epoch_002/model.safetensors" in capsys.readouterr().out
+
+    run = tmp_path / "ema"
+    result = main(tiny_args(tiny_data, cache_dir, run, "--ema", "0.9"))
+    reset_accelerate()
+    averaged = evaluate_main([str(run)])
+    assert averaged["accuracy"] == pytest.approx(result["final_accuracy"], abs=1e-9)
+    live = evaluate_main([str(run), "--weights", str(run / "checkpoints" / "epoch_002" / "model.safetensors")])
+    assert abs(live["loss"] - averaged["loss"]) > 1e-4 and live["recorded"] is None
+    (run / "model.safetensors").unlink()  # as before the run finished
+    assert evaluate_main([str(run), "--weights", "checkpoints/epoch_001/model.safetensors"])["total"] == 100
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        evaluate_main([str(run), "--weights", "checkpoints/epoch_002/ema.safetensors"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "does not hold this run's network" in err
+
+
 def test_flip_tta_averages_the_image_and_its_mirror():
     """--tta logits are the mean of the logits of x and of x mirrored left-right."""
     torch.manual_seed(0)
