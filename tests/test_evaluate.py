@@ -39,7 +39,8 @@ def test_weights_option_tests_a_checkpoints_live_weights(finished_run, tiny_data
     """--weights tests another weights file of the run's network: without EMA the last checkpoint's
     weights are the final ones (same accuracy and loss); with --ema they are the live weights,
     which differ from the recorded average; an unfinished run's checkpoint can be tested too, and
-    the checkpoint's ema.safetensors (the AveragedModel's keys) is refused in one line."""
+    the checkpoint's ema.safetensors (the AveragedModel's keys) or a file that is not safetensors is
+    refused in one line."""
     plain = evaluate_main([finished_run["run_dir"]])
     live = evaluate_main([finished_run["run_dir"], "--weights", "checkpoints/epoch_002/model.safetensors"])
     assert (live["correct"], live["loss"]) == (plain["correct"], plain["loss"]) and live["recorded"] is None
@@ -59,6 +60,10 @@ def test_weights_option_tests_a_checkpoints_live_weights(finished_run, tiny_data
         evaluate_main([str(run), "--weights", "checkpoints/epoch_002/ema.safetensors"])
     err = capsys.readouterr().err
     assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "does not hold this run's network" in err
+    with pytest.raises(SystemExit) as info:
+        evaluate_main([str(run), "--weights", "config.json"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and len(err.strip().splitlines()) == 1 and "cannot be read" in err
 
 
 def test_flip_tta_averages_the_image_and_its_mirror():
